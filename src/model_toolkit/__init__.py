@@ -1,0 +1,52 @@
+"""Model Toolkit: inspect, prune, convert and repair Stable Diffusion-family model files.
+
+import model_toolkit as mtk
+with mtk.open("model.ckpt") as model:        # reads the header only, never runs a pickle
+    plan = mtk.convert(model, mtk.precision_dtype("fp16"))
+    mtk.write_plan(plan, "model.safetensors")  # streamed, atomic
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .dtypes import DTYPES, DType, precision_dtype
+from .errors import (
+    FormatError,
+    ModelToolkitError,
+    OutputExistsError,
+    UnsafeFileError,
+    UsageError,
+)
+from .formats import open_model
+from .model import ModelFile, TensorRef
+from .operations import convert
+from .plan import Plan, PlanEntry
+from .write import write_plan
+
+open = open_model
+
+try:
+    __version__ = version("sd-model-toolkit")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "DTYPES",
+    "DType",
+    "FormatError",
+    "ModelFile",
+    "ModelToolkitError",
+    "OutputExistsError",
+    "Plan",
+    "PlanEntry",
+    "TensorRef",
+    "UnsafeFileError",
+    "UsageError",
+    "__version__",
+    "convert",
+    "open",
+    "open_model",
+    "precision_dtype",
+    "write_plan",
+]

@@ -1,0 +1,1 @@
+"""Architecture knowledge as data: key+shape lists in data/, one file per component."""

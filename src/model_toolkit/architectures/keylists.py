@@ -1,0 +1,34 @@
+"""Reading key+shape lists: one tensor a line, `name [d0,d1,...]`, `-1` for a free dimension."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+DATA = resources.files(__package__) / "data"
+
+KeyList = list[tuple[str, tuple[int, ...]]]
+
+
+def parse(text: str) -> KeyList:
+    """Parse a key list; blank lines and `#` comments are ignored."""
+    entries: KeyList = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, shape = line.rpartition(" ")
+        if not name or not (shape.startswith("[") and shape.endswith("]")):
+            raise ValueError(f"line {number}: expected 'name [d0,d1,...]', got {line!r}")
+        dims = shape[1:-1]
+        entries.append((name, tuple(int(d) for d in dims.split(",")) if dims else ()))
+    return entries
+
+
+def load(name: str) -> KeyList:
+    """A component list shipped with the package, by file stem (e.g. `UNET-v1-SD`)."""
+    return parse((DATA / f"{name}.txt").read_text(encoding="utf-8"))
+
+
+def load_path(path: Path) -> KeyList:
+    return parse(path.read_text(encoding="utf-8"))

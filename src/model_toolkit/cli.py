@@ -1,0 +1,164 @@
+"""The `mtk` command: arguments and presentation only; the work is done by the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+from . import __version__
+from .demo import write_demo
+from .dtypes import PRECISIONS, precision_dtype
+from .errors import ModelToolkitError
+from .formats import open_model
+from .operations import convert as convert_plan
+from .write import ProgressCallback, write_plan
+
+app = typer.Typer(
+    help="Model Toolkit: inspect, prune, convert and repair Stable Diffusion-family model files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PROGRESS_MIN_BYTES = 256 * 1024 * 1024  # smaller writes finish before a bar would help
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mtk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Model Toolkit."""
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[ProgressCallback | None]:
+    """A progress bar on stderr for writes that take more than a moment, on a terminal only."""
+    if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
+@app.command()
+def keys(
+    file: Annotated[
+        Path, typer.Argument(help="Model file (.safetensors, .ckpt, .pt, .pth, .bin).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead.")] = False,
+) -> None:
+    """List every tensor with its dtype and shape, then the file's metadata."""
+    with open_model(file) as model:
+        rows = [(name, ref.dtype.name, list(ref.shape)) for name, ref in model.tensors.items()]
+        if as_json:
+            typer.echo(json.dumps([{"name": n, "dtype": d, "shape": s} for n, d, s in rows]))
+            return
+        width = max((len(name) for name, _, _ in rows), default=0)
+        lines = [
+            f"{name:<{width}}  {dtype:<11} [{','.join(map(str, shape))}]"
+            for name, dtype, shape in rows
+        ]
+        lines.append(f"{len(rows)} tensors, {_human(model.nbytes)}, format {model.format}")
+        if model.metadata:
+            lines.append("metadata:")
+            for key, value in model.metadata.items():
+                text = value if isinstance(value, str) else json.dumps(value, default=str)
+                lines.append(f"  {key}: {text}")
+        typer.echo("\n".join(lines))
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="The model file to read.")],
+    output: Annotated[
+        Path,
+        typer.Argument(
+            help="The file to write; its extension picks the format (.safetensors, .ckpt, .pt)."
+        ),
+    ],
+    precision: Annotated[
+        str, typer.Option(help=f"Cast floating tensors: {', '.join(PRECISIONS)}.")
+    ] = "keep",
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+) -> None:
+    """Change format and/or precision, keeping every tensor and the metadata."""
+    dtype = precision_dtype(precision)
+    with open_model(source) as model:
+        if output.resolve() == source.resolve() and not overwrite:
+            raise ModelToolkitError(f"{output} is the input; use --overwrite to replace it")
+        plan = convert_plan(model, dtype)
+        with _progress(plan.nbytes, f"writing {output.name}") as progress:
+            write_plan(plan, output, overwrite=overwrite, progress=progress)
+        typer.echo(f"wrote {output} ({_human(plan.nbytes)} of tensors, was {_human(model.nbytes)})")
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Argument(help="Where to write the demo checkpoint.")] = Path(
+        "demo.ckpt"
+    ),
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+) -> None:
+    """Write the built-in demo model: a small, bloated SD-v1-style fp32 checkpoint with EMA."""
+    path = write_demo(output, overwrite=overwrite)
+    typer.echo(f"wrote {path} ({_human(path.stat().st_size)}): a demo SD-v1-style checkpoint")
+
+
+def main() -> None:
+    """Entry point: library errors become one `error: ...` line and exit status 2.
+
+    typer reports bad arguments itself (status 2); everything raised by the library for bad
+    input is a ModelToolkitError and ends here, never as a traceback.
+    """
+    try:
+        app()
+    except ModelToolkitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        typer.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        sys.exit(2)
+    except Exception as exc:  # a bug, not bad input: still one line unless asked for details
+        if os.environ.get("MTK_DEBUG"):
+            raise
+        typer.echo(
+            f"error: internal error ({exc.__class__.__name__}: {exc}); "
+            "set MTK_DEBUG=1 to see where",
+            err=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,173 @@
+"""The dtype table shared by every format, and chunked casting that matches torch bit for bit.
+
+One row per element type: its safetensors name, its torch names (dtype and legacy storage class)
+and its numpy dtype (ml_dtypes supplies bfloat16 and the float8 types numpy lacks). Casting is
+done here, on numpy chunks, so that a write never needs torch and never holds a whole tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class DType:
+    """One element type. `name` is the safetensors spelling, used everywhere in the project."""
+
+    name: str
+    itemsize: int
+    numpy: np.dtype
+    torch_name: str  # attribute of the torch module: torch.float16 -> "float16"
+    storage: str | None  # legacy typed storage class (torch.HalfStorage); None: untyped only
+    is_float: bool
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _row(name: str, np_type: object, torch_name: str, storage: str | None, is_float: bool) -> DType:
+    dtype = np.dtype(np_type)  # type: ignore[call-overload]
+    return DType(name, dtype.itemsize, dtype, torch_name, storage, is_float)
+
+
+DTYPES: dict[str, DType] = {
+    row.name: row
+    for row in (
+        _row("F64", np.float64, "float64", "DoubleStorage", True),
+        _row("F32", np.float32, "float32", "FloatStorage", True),
+        _row("F16", np.float16, "float16", "HalfStorage", True),
+        _row("BF16", ml_dtypes.bfloat16, "bfloat16", "BFloat16Storage", True),
+        _row("F8_E4M3", ml_dtypes.float8_e4m3fn, "float8_e4m3fn", None, True),
+        _row("F8_E5M2", ml_dtypes.float8_e5m2, "float8_e5m2", None, True),
+        _row("F8_E4M3FNUZ", ml_dtypes.float8_e4m3fnuz, "float8_e4m3fnuz", None, True),
+        _row("F8_E5M2FNUZ", ml_dtypes.float8_e5m2fnuz, "float8_e5m2fnuz", None, True),
+        _row("C64", np.complex64, "complex64", "ComplexFloatStorage", False),
+        _row("I64", np.int64, "int64", "LongStorage", False),
+        _row("I32", np.int32, "int32", "IntStorage", False),
+        _row("I16", np.int16, "int16", "ShortStorage", False),
+        _row("I8", np.int8, "int8", "CharStorage", False),
+        _row("U64", np.uint64, "uint64", None, False),
+        _row("U32", np.uint32, "uint32", None, False),
+        _row("U16", np.uint16, "uint16", None, False),
+        _row("U8", np.uint8, "uint8", "ByteStorage", False),
+        _row("BOOL", np.bool_, "bool", "BoolStorage", False),
+    )
+}
+
+BY_TORCH_NAME: dict[str, DType] = {d.torch_name: d for d in DTYPES.values()}
+BY_STORAGE: dict[str, DType] = {d.storage: d for d in DTYPES.values() if d.storage}
+# torch's complex128 has a storage class but safetensors has no name for it: readable, not writable.
+BY_STORAGE["ComplexDoubleStorage"] = _row("C128", np.complex128, "complex128", None, False)
+BY_TORCH_NAME["complex128"] = BY_STORAGE["ComplexDoubleStorage"]
+# Older spellings torch accepts for the same dtypes.
+for alias, canonical in {
+    "half": "float16",
+    "float": "float32",
+    "double": "float64",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+}.items():
+    BY_TORCH_NAME[alias] = BY_TORCH_NAME[canonical]
+
+# The precisions a user can ask for, in the words of the CLI.
+PRECISIONS: dict[str, str | None] = {
+    "keep": None,
+    "fp32": "F32",
+    "fp16": "F16",
+    "bf16": "BF16",
+    "fp8_e4m3fn": "F8_E4M3",
+    "fp8_e5m2": "F8_E5M2",
+}
+
+
+def precision_dtype(precision: str) -> DType | None:
+    """The dtype for a CLI precision word; None for `keep`."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    name = PRECISIONS[precision]
+    return DTYPES[name] if name else None
+
+
+def target_dtype(source: DType, precision: DType | None) -> DType:
+    """What a tensor becomes under a precision: floats are cast, everything else is kept."""
+    if precision is None or not source.is_float:
+        return source
+    return precision
+
+
+# torch's conversions differ from numpy's and ml_dtypes' only in two places, both handled below:
+# - NaN bits. torch (2.13, CPU, vectorised kernels) carries a NaN through float32 with its payload
+#   and the quiet bit set, then writes: float16 sign|0x7E00|payload, float8 sign|0x7F, and bfloat16
+#   0xFFFF when the source is float32/float64 but 0x7FC0 otherwise. bfloat16 -> float32 is a plain
+#   shift (no quiet bit). torch's scalar tail loop can differ from this for a few NaN bit patterns;
+#   we follow the vectorised kernels, which handle all but the last few elements of a tensor.
+# - float8_e4m3fn saturates: torch clamps overflow and infinities to +-448, ml_dtypes gives NaN.
+_E4M3_MAX = np.float32(448.0)
+_F32_QUIET = np.uint32(0x00400000)
+_F32_SIGN = np.uint32(0x80000000)
+
+
+def _as_float32(chunk: np.ndarray) -> np.ndarray:
+    """Widen (or, for float64, round) to float32 the way torch does, NaN payloads included."""
+    if chunk.dtype == np.float32:
+        return chunk
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = chunk.astype(np.float32)
+    if chunk.dtype in (np.float16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2):
+        nan = np.isnan(wide)
+        if nan.any():
+            # Re-derive the NaN from the source bits: payload moved to the top of the mantissa.
+            src_bits = chunk.view(np.uint8 if chunk.itemsize == 1 else np.uint16)[nan]
+            info = ml_dtypes.finfo(chunk.dtype) if chunk.itemsize == 1 else np.finfo(chunk.dtype)
+            mant_bits = int(info.nmant)
+            mant = src_bits.astype(np.uint32) & np.uint32((1 << mant_bits) - 1)
+            sign = (src_bits.astype(np.uint32) >> np.uint32(chunk.itemsize * 8 - 1)) << np.uint32(
+                31
+            )
+            bits = sign | np.uint32(0x7F800000) | (mant << np.uint32(23 - mant_bits)) | _F32_QUIET
+            wide.view(np.uint32)[nan] = bits
+    return wide
+
+
+def cast(chunk: np.ndarray, target: DType) -> np.ndarray:
+    """Cast a 1-D chunk of a floating type to `target`, as torch's `.to(dtype)` does on the CPU.
+
+    torch narrows every type through float32 (c10's Half, BFloat16 and Float8 types are built from
+    a float), so float64 is first rounded to float32 and then to the target: double rounding,
+    which we reproduce on purpose. Rounding is to nearest even, overflow gives inf (float16,
+    bfloat16, float8_e5m2) or saturates (float8_e4m3fn), subnormals are kept.
+    """
+    if chunk.dtype == target.numpy:
+        return chunk
+    source_is_wide = chunk.dtype in (np.float32, np.float64)
+    wide = _as_float32(chunk)
+    if target.numpy == np.float32:
+        return wide
+    if target.numpy == np.float64:
+        return wide.astype(np.float64) if chunk.dtype != np.float64 else chunk.astype(np.float64)
+    if target.name == "F8_E4M3":
+        wide = np.clip(wide, -_E4M3_MAX, _E4M3_MAX)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = wide.astype(target.numpy)
+    nan = np.isnan(wide)
+    if nan.any():
+        bits = wide.view(np.uint32)[nan]
+        sign = bits & _F32_SIGN
+        if target.name == "F16":
+            fixed = (
+                (sign >> np.uint32(16))
+                | np.uint32(0x7E00)
+                | ((bits & np.uint32(0x7FFFFF)) >> np.uint32(13))
+            )
+            out.view(np.uint16)[nan] = fixed.astype(np.uint16)
+        elif target.name == "BF16":
+            out.view(np.uint16)[nan] = np.uint16(0xFFFF if source_is_wide else 0x7FC0)
+        elif target.name in ("F8_E4M3", "F8_E5M2"):
+            out.view(np.uint8)[nan] = ((sign >> np.uint32(24)) | np.uint32(0x7F)).astype(np.uint8)
+    return out

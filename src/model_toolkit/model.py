@@ -1,0 +1,286 @@
+"""ModelFile and TensorRef, what `open()` returns: names, dtypes, shapes, and lazy data access.
+
+Opening a file builds these from its header alone. Tensor bytes are read only through
+`TensorRef.read()` or `TensorRef.iter_chunks()`, and a chunked read never holds more than one
+chunk, so that a write of any size runs in bounded memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dtypes import DType
+from .errors import FormatError
+
+DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+class FileData:
+    """An open model file: positional reads with `os.preadv` and one lazily created mmap.
+
+    Chunked reads use preadv into a reused buffer rather than the mmap: pages read through a
+    mapping stay in the process's resident set until unmapped, which would make the peak RSS of
+    a write grow with the model. The mmap serves `read()`, which returns arrays backed by it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise FormatError(f"cannot read {path}: {exc.strerror}") from None
+        self.size = os.fstat(self.fd).st_size
+        self._mmap: mmap.mmap | None = None
+
+    @property
+    def mmap(self) -> mmap.mmap:
+        if self._mmap is None:
+            self._mmap = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+        return self._mmap
+
+    def pread(self, length: int, offset: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise FormatError(f"{self.path.name} is truncated (wanted {length} bytes at {offset})")
+        return data
+
+    def preadinto(self, buffer: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(buffer):
+            got = os.preadv(self.fd, [buffer[done:]], offset + done)
+            if got <= 0:
+                raise FormatError(f"{self.path.name} is truncated at byte {offset + done}")
+            done += got
+
+    def release(self, start: int, end: int) -> None:
+        """Drop the mapped pages of [start, end) from our resident set (they stay in page cache)."""
+        if self._mmap is None or end <= start:
+            return
+        page = mmap.PAGESIZE
+        start -= start % page
+        end = min(end, self.size)
+        if hasattr(self._mmap, "madvise"):
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def close(self) -> None:
+        if self._mmap is not None:
+            # Arrays from read() may still point into the mapping; it then lives until they go.
+            with contextlib.suppress(BufferError):
+                self._mmap.close()
+            self._mmap = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A run of bytes holding a storage: raw in a file, an entry of a compressed zip, or memory.
+
+    Memory storages hold values that no file has (the demo model, rewritten position ids), so
+    that plans can mix them with file tensors.
+    """
+
+    data: FileData | None
+    offset: int  # byte offset in the file (raw) or in the decompressed entry (zip member)
+    nbytes: int
+    member: str | None = None  # name of a compressed zip entry; None: raw bytes in the file
+    buffer: bytes | None = None  # the bytes themselves, for a memory storage
+
+    def stream(self, start: int, length: int, chunk: int) -> Iterator[bytes]:
+        """Bytes [start, start+length) of a compressed entry, decompressed as a stream."""
+        assert self.member is not None and self.data is not None
+        with zipfile.ZipFile(self.data.path) as archive, archive.open(self.member) as entry:
+            skip = start
+            while skip:
+                got = entry.read(min(skip, chunk))
+                if not got:
+                    raise FormatError(f"{self.data.path.name}: {self.member} is truncated")
+                skip -= len(got)
+            left = length
+            while left:
+                got = entry.read(min(left, chunk))
+                if not got:
+                    raise FormatError(f"{self.data.path.name}: {self.member} is truncated")
+                left -= len(got)
+                yield got
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of a file: everything about it but its values, which are read on demand.
+
+    `storage_offset` and `stride` are in elements, as torch counts them. Safetensors tensors are
+    always contiguous with offset 0 in their own storage.
+    """
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    storage: Storage
+    storage_offset: int = 0
+    stride: tuple[int, ...] | None = None  # None: C-contiguous
+    big_endian: bool = False
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray, dtype: DType) -> TensorRef:
+        """A tensor whose values are held in memory rather than in a file."""
+        raw = np.ascontiguousarray(array, dtype=dtype.numpy).tobytes()
+        return cls(name, dtype, tuple(array.shape), Storage(None, 0, len(raw), buffer=raw))
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def is_contiguous(self) -> bool:
+        if self.stride is None:
+            return True
+        expected = 1
+        for size, step in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            if size != 1 and step != expected:
+                return False
+            expected *= size
+        return True
+
+    @property
+    def byte_range(self) -> tuple[int, int] | None:
+        """Where the tensor's bytes lie in the file; None when they are compressed or strided."""
+        if self.storage.data is None or self.storage.member is not None or not self.is_contiguous:
+            return None
+        start = self.storage.offset + self.storage_offset * self.dtype.itemsize
+        return start, start + self.nbytes
+
+    def _numpy_dtype(self) -> np.dtype:
+        return self.dtype.numpy.newbyteorder(">") if self.big_endian else self.dtype.numpy
+
+    def _native(self, array: np.ndarray) -> np.ndarray:
+        return array.astype(self.dtype.numpy) if self.big_endian else array
+
+    def read(self) -> np.ndarray:
+        """The whole tensor as a numpy array (read-only view of the file where possible)."""
+        if self.numel == 0:
+            return np.zeros(self.shape, dtype=self.dtype.numpy)
+        if self.storage.data is None or self.storage.member is not None or not self.is_contiguous:
+            flat = np.concatenate([chunk.copy() for chunk in self.iter_chunks()])
+            return flat.reshape(self.shape)
+        start, _ = self.byte_range  # type: ignore[misc]
+        array = np.frombuffer(self.storage.data.mmap, self._numpy_dtype(), self.numel, start)
+        return self._native(array).reshape(self.shape)
+
+    def iter_chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """The values in C order as 1-D arrays of at most `max_bytes` each.
+
+        A yielded array may reuse the buffer of the one before: consume it before asking for the
+        next. Memory use is one chunk, whatever the tensor's size.
+        """
+        if self.numel == 0:
+            return
+        itemsize = self.dtype.itemsize
+        per_chunk = max(1, max_bytes // itemsize)
+        if not self.is_contiguous:
+            yield from self._strided_chunks(per_chunk)
+            return
+        start = self.storage_offset * itemsize
+        if self.storage.buffer is not None:
+            values = np.frombuffer(
+                self.storage.buffer, self._numpy_dtype(), self.numel, self.storage.offset + start
+            )
+            for first in range(0, self.numel, per_chunk):
+                yield self._native(values[first : first + per_chunk])
+            return
+        if self.storage.member is not None:
+            pending = b""
+            for piece in self.storage.stream(start, self.nbytes, per_chunk * itemsize):
+                pending += piece
+                usable = len(pending) - len(pending) % itemsize
+                if usable:
+                    yield self._native(np.frombuffer(pending[:usable], self._numpy_dtype()))
+                    pending = pending[usable:]
+            return
+        assert self.storage.data is not None
+        buffer = bytearray(min(self.nbytes, per_chunk * itemsize))
+        view = memoryview(buffer)
+        position = self.storage.offset + start
+        left = self.nbytes
+        while left:
+            size = min(left, len(buffer))
+            self.storage.data.preadinto(view[:size], position)
+            yield self._native(np.frombuffer(buffer, self._numpy_dtype(), size // itemsize))
+            position += size
+            left -= size
+
+    def _strided_chunks(self, per_chunk: int) -> Iterator[np.ndarray]:
+        """Non-contiguous views (a saved `.t()` or slice): gather rows from the whole storage."""
+        itemsize = self.dtype.itemsize
+        assert self.stride is not None
+        if self.storage.buffer is not None:
+            base = np.frombuffer(self.storage.buffer, self._numpy_dtype())
+        elif self.storage.member is not None:
+            raw = b"".join(self.storage.stream(0, self.storage.nbytes, 1 << 24))
+            base = np.frombuffer(raw, self._numpy_dtype())
+        else:
+            assert self.storage.data is not None
+            count = self.storage.nbytes // itemsize
+            base = np.frombuffer(
+                self.storage.data.mmap, self._numpy_dtype(), count, self.storage.offset
+            )
+        view = np.lib.stride_tricks.as_strided(
+            base[self.storage_offset :],
+            shape=self.shape,
+            strides=tuple(step * itemsize for step in self.stride),
+            writeable=False,
+        )
+        if not self.shape:
+            yield self._native(np.array(view).reshape(1))
+            return
+        row_elems = max(1, math.prod(self.shape[1:]))
+        step = max(1, per_chunk // row_elems)
+        for first in range(0, self.shape[0], step):
+            yield self._native(np.ascontiguousarray(view[first : first + step]).reshape(-1))
+        if self.storage.data is not None and self.storage.member is None:
+            start = self.storage.offset
+            self.storage.data.release(start, start + self.storage.nbytes)
+
+
+@dataclass
+class ModelFile:
+    """An opened model file: its tensors by name and its metadata, nothing read beyond headers.
+
+    `metadata` is the safetensors `__metadata__` (str -> str), or a checkpoint's non-tensor
+    entries as plain, inert data (numbers, strings, lists, dicts).
+    """
+
+    path: Path
+    format: str  # "safetensors", "torch-zip" or "torch-legacy"
+    tensors: Mapping[str, TensorRef]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _data: FileData | None = field(default=None, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ref.nbytes for ref in self.tensors.values())
+
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()
+
+    def __enter__(self) -> ModelFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
