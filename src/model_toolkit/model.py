@@ -245,16 +245,26 @@ class TensorRef:
             strides=tuple(step * itemsize for step in self.stride),
             writeable=False,
         )
-        if not self.shape:
-            yield self._native(np.array(view).reshape(1))
-            return
-        row_elems = max(1, math.prod(self.shape[1:]))
-        step = max(1, per_chunk // row_elems)
-        for first in range(0, self.shape[0], step):
-            yield self._native(np.ascontiguousarray(view[first : first + step]).reshape(-1))
+        for block in _contiguous_blocks(view, per_chunk):
+            yield self._native(block)
         if self.storage.data is not None and self.storage.member is None:
             start = self.storage.offset
             self.storage.data.release(start, start + self.storage.nbytes)
+
+
+def _contiguous_blocks(view: np.ndarray, per_chunk: int) -> Iterator[np.ndarray]:
+    """Copy a strided view out in C order, at most `per_chunk` elements at a time."""
+    if view.ndim == 0:
+        yield np.array(view).reshape(1)
+        return
+    row = math.prod(view.shape[1:])
+    if row <= per_chunk or view.ndim == 1:
+        step = max(1, per_chunk // max(row, 1))
+        for first in range(0, view.shape[0], step):
+            yield np.ascontiguousarray(view[first : first + step]).reshape(-1)
+        return
+    for index in range(view.shape[0]):
+        yield from _contiguous_blocks(view[index], per_chunk)
 
 
 @dataclass

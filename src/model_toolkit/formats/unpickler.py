@@ -13,6 +13,7 @@ turn those into TensorRefs over the file's bytes.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickle
@@ -361,7 +362,6 @@ def _build_allow_list() -> dict[str, Any]:
         "torch.UntypedStorage": StorageType("UntypedStorage", None),
         "builtins.set": _plain_collection(set),
         "builtins.frozenset": _plain_collection(frozenset),
-        "__builtin__.set": _plain_collection(set),
         "_codecs.encode": _codecs_encode,
     }
     for storage, dtype in BY_STORAGE.items():
@@ -396,6 +396,11 @@ class SafeUnpickler(pickle.Unpickler):
         self._persistent = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 0-2 pickles use Python 2 names (__builtin__, commands); map them as the
+        # standard unpickler does, so that the allow-list and the report see Python 3 names.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualified = f"{module}.{name}"
         if qualified in ALLOWED_GLOBALS:
             return ALLOWED_GLOBALS[qualified]

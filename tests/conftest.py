@@ -1,0 +1,73 @@
+"""Shared helpers: key lists kept in tests/data, and torch-built oracle files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_toolkit.architectures.keylists import KeyList, load_path
+
+DATA = Path(__file__).parent / "data"
+
+
+def key_list(name: str) -> KeyList:
+    """A real key+shape list copied from the reference dumps (tests/data/keys/NAME.txt)."""
+    return load_path(DATA / "keys" / f"{name}.txt")
+
+
+def as_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor, in C order, whatever its dtype."""
+    flat = tensor.contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def assert_same_tensors(ours: dict, theirs: dict) -> None:
+    """Same names, dtypes, shapes and bits (NaN payloads included)."""
+    assert list(ours) == list(theirs) or set(ours) == set(theirs)
+    for name, tensor in theirs.items():
+        other = ours[name]
+        assert other.dtype == tensor.dtype, name
+        assert tuple(other.shape) == tuple(tensor.shape), name
+        assert as_bytes(other) == as_bytes(tensor), name
+
+
+def numpy_to_torch(array: np.ndarray, torch_dtype: torch.dtype) -> torch.Tensor:
+    """A numpy array (ml_dtypes included) as a torch tensor of the same bits."""
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return torch.from_numpy(flat.copy()).view(torch_dtype).reshape(array.shape)
+
+
+ALL_DTYPES = [
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+    torch.float8_e5m2, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
+    torch.bool, torch.uint16, torch.uint32, torch.uint64, torch.complex64,
+]
+
+
+def sample_tensor(dtype: torch.dtype, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """Random bit patterns of any dtype (so NaNs and odd values are included)."""
+    generator = torch.Generator().manual_seed(seed)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    count = int(np.prod(shape)) * itemsize
+    raw = torch.randint(0, 256, (count,), dtype=torch.uint8, generator=generator)
+    if dtype == torch.bool:
+        raw = raw % 2
+    return raw.view(dtype).reshape(shape)
+
+
+@pytest.fixture
+def mixed_state_dict() -> dict[str, torch.Tensor]:
+    """Every dtype, plus the layouts torch can save: views, transposes, shared storages."""
+    tensors = {f"t.{str(d).split('.')[-1]}": sample_tensor(d, (3, 5), i)
+               for i, d in enumerate(ALL_DTYPES)}
+    base = sample_tensor(torch.float32, (6, 8), 99)
+    tensors["view.transposed"] = base.t()  # non-contiguous, shares base's storage
+    tensors["view.rows"] = base[2:5]  # storage offset
+    tensors["view.columns"] = base[:, 1:7:2]  # strided
+    tensors["view.base"] = base
+    tensors["scalar"] = torch.tensor(1.5)
+    tensors["empty"] = torch.zeros((0, 4))
+    return tensors
