@@ -41,9 +41,22 @@ def numpy_to_torch(array: np.ndarray, torch_dtype: torch.dtype) -> torch.Tensor:
 
 
 ALL_DTYPES = [
-    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
-    torch.float8_e5m2, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
-    torch.bool, torch.uint16, torch.uint32, torch.uint64, torch.complex64,
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.complex64,
 ]
 
 
@@ -61,8 +74,9 @@ def sample_tensor(dtype: torch.dtype, shape: tuple[int, ...], seed: int = 0) -> 
 @pytest.fixture
 def mixed_state_dict() -> dict[str, torch.Tensor]:
     """Every dtype, plus the layouts torch can save: views, transposes, shared storages."""
-    tensors = {f"t.{str(d).split('.')[-1]}": sample_tensor(d, (3, 5), i)
-               for i, d in enumerate(ALL_DTYPES)}
+    tensors = {
+        f"t.{str(d).split('.')[-1]}": sample_tensor(d, (3, 5), i) for i, d in enumerate(ALL_DTYPES)
+    }
     base = sample_tensor(torch.float32, (6, 8), 99)
     tensors["view.transposed"] = base.t()  # non-contiguous, shares base's storage
     tensors["view.rows"] = base[2:5]  # storage offset

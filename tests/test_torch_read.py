@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import as_bytes, sample_tensor
 
 import model_toolkit as mtk
-from conftest import as_bytes, sample_tensor
 
 
 def read_all(path: Path) -> dict[str, bytes]:
@@ -39,8 +39,11 @@ def test_checkpoint_tensors_match_torch(tmp_path, mixed_state_dict, legacy):
         for name in ("t.float8_e4m3fn", "t.float8_e5m2", "t.uint16", "t.uint32", "t.uint64"):
             tensors.pop(name)
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": tensors, "global_step": 7, "epoch": 2}, path,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"state_dict": tensors, "global_step": 7, "epoch": 2},
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
     with mtk.open(path) as model:
         assert model.format == ("torch-legacy" if legacy else "torch-zip")
         assert list(model.tensors) == list(tensors)
@@ -78,15 +81,18 @@ def test_parameters_and_nested_dicts_are_reachable_by_dotted_names(tmp_path):
     with mtk.open(path) as model:
         assert list(model.tensors) == ["string_to_param.*"]
         assert np.array_equal(model.tensors["string_to_param.*"].read(), vectors.numpy())
-        assert model.metadata == {"string_to_token": {"*": 265}, "name": "my-style",
-                                  "step": 1500}
+        assert model.metadata == {"string_to_token": {"*": 265}, "name": "my-style", "step": 1500}
 
 
 def test_optimizer_state_outside_state_dict_is_kept_as_dotted_tensors(tmp_path):
     path = tmp_path / "full.ckpt"
-    torch.save({"state_dict": {"w": torch.ones(2)},
-                "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(2)}}, "lr": 0.1}]},
-               path)
+    torch.save(
+        {
+            "state_dict": {"w": torch.ones(2)},
+            "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(2)}}, "lr": 0.1}],
+        },
+        path,
+    )
     with mtk.open(path) as model:
         assert set(model.tensors) == {"w", "optimizer_states.0.state.0.exp_avg"}
         assert "optimizer_states" not in model.metadata
@@ -98,8 +104,9 @@ def test_opening_reads_no_tensor_data(tmp_path, monkeypatch):
     torch.save({"w": torch.randn(1000, 1000)}, path)
     calls = []
     original = mtk.model.FileData.preadinto
-    monkeypatch.setattr(mtk.model.FileData, "preadinto",
-                        lambda self, *a: calls.append(a) or original(self, *a))
+    monkeypatch.setattr(
+        mtk.model.FileData, "preadinto", lambda self, *a: calls.append(a) or original(self, *a)
+    )
     with mtk.open(path) as model:
         assert model.tensors["w"].shape == (1000, 1000)
         assert calls == []
@@ -135,8 +142,10 @@ def test_compressed_entries_are_streamed(tmp_path):
     stored = tmp_path / "stored.pt"
     torch.save(tensors, stored)
     deflated = tmp_path / "deflated.pt"
-    with zipfile.ZipFile(stored) as src, zipfile.ZipFile(deflated, "w",
-                                                          zipfile.ZIP_DEFLATED) as dst:
+    with (
+        zipfile.ZipFile(stored) as src,
+        zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info))
     with mtk.open(deflated) as model:
@@ -157,8 +166,7 @@ def _fake_class(module: str, name: str) -> type:
 
 
 def test_lightning_entries_become_inert_metadata(tmp_path):
-    checkpoint_cls = _fake_class("pytorch_lightning.callbacks.model_checkpoint",
-                                 "ModelCheckpoint")
+    checkpoint_cls = _fake_class("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint")
     callback_state = checkpoint_cls()
     callback_state.best_model_score = 0.5
     payload = {

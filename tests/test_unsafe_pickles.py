@@ -45,10 +45,11 @@ def payloads(sentinel: Path) -> dict[str, tuple[object, str]]:
         "builtins.exec": (Reduce(builtins.exec, code), "builtins.exec"),
         "builtins.__import__": (Reduce(builtins.__import__, "os"), "builtins.__import__"),
         "builtins.getattr": (Reduce(builtins.getattr, "text", "upper"), "builtins.getattr"),
-        "subprocess.Popen": (Reduce(subprocess.Popen, ["touch", str(sentinel)]),
-                             "subprocess.Popen"),
-        "subprocess.call": (Reduce(subprocess.call, ["touch", str(sentinel)]),
-                            "subprocess.call"),
+        "subprocess.Popen": (
+            Reduce(subprocess.Popen, ["touch", str(sentinel)]),
+            "subprocess.Popen",
+        ),
+        "subprocess.call": (Reduce(subprocess.call, ["touch", str(sentinel)]), "subprocess.call"),
     }
 
 
@@ -93,23 +94,40 @@ def hand_written(sentinel: Path) -> dict[str, tuple[bytes, str]]:
         "OBJ": (b"\x80\x02(c" + posix + b"\nsystem\n" + string + b"o.", f"{posix.decode()}.system"),
         # NEWOBJ: cls.__new__(cls, *args)
         "NEWOBJ": (b"\x80\x02csubprocess\nPopen\n(" + string + b"tR.", "subprocess.Popen"),
-        "NEWOBJ_EX": (b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\nsubprocess\x8c\x05Popen"
-                      b"\x93" + string + b"\x85}\x92.", "subprocess.Popen"),
+        "NEWOBJ_EX": (
+            b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\nsubprocess\x8c\x05Popen"
+            b"\x93" + string + b"\x85}\x92.",
+            "subprocess.Popen",
+        ),
         # STACK_GLOBAL (protocol 4) with names pushed as strings
-        "STACK_GLOBAL": (b"\x80\x04\x8c" + bytes([len(posix)]) + posix + b"\x8c\x06system\x93"
-                         + string + b"\x85R.", f"{posix.decode()}.system"),
+        "STACK_GLOBAL": (
+            b"\x80\x04\x8c"
+            + bytes([len(posix)])
+            + posix
+            + b"\x8c\x06system\x93"
+            + string
+            + b"\x85R.",
+            f"{posix.decode()}.system",
+        ),
         # code hidden in BUILD: an allowed object whose state carries a malicious call
-        "BUILD": (b"\x80\x02ccollections\nOrderedDict\n)R}X\x04\x00\x00\x00evil"
-                  b"c" + posix + b"\nsystem\n" + string + b"\x85Rsb.", f"{posix.decode()}.system"),
+        "BUILD": (
+            b"\x80\x02ccollections\nOrderedDict\n)R}X\x04\x00\x00\x00evil"
+            b"c" + posix + b"\nsystem\n" + string + b"\x85Rsb.",
+            f"{posix.decode()}.system",
+        ),
         # persistent id whose tuple smuggles a call
-        "persistent_load": (b"\x80\x02(X\x07\x00\x00\x00storagec" + posix + b"\nsystem\n"
-                            + string + b"\x85RtQ.", f"{posix.decode()}.system"),
+        "persistent_load": (
+            b"\x80\x02(X\x07\x00\x00\x00storagec" + posix + b"\nsystem\n" + string + b"\x85RtQ.",
+            f"{posix.decode()}.system",
+        ),
         # Python 2 spelling of builtins
         "__builtin__.eval": (b"c__builtin__\neval\n(X\x04\x00\x00\x001+1_tR.", "builtins.eval"),
         # torch's own loaders are code execution too
         "torch.load": (b"\x80\x02ctorch\nload\n(X\x01\x00\x00\x00xtR.", "torch.load"),
-        "numpy runstring": (b"\x80\x02cnumpy.testing._private.utils\nrunstring\n(X\x01\x00\x00"
-                            b"\x00xtR.", "numpy.testing._private.utils.runstring"),
+        "numpy runstring": (
+            b"\x80\x02cnumpy.testing._private.utils\nrunstring\n(X\x01\x00\x00\x00xtR.",
+            "numpy.testing._private.utils.runstring",
+        ),
     }
 
 
@@ -126,8 +144,10 @@ def test_hand_written_payload_in_zip_is_refused(tmp_path, name):
 def test_hand_written_payload_in_legacy_file_is_refused(tmp_path, name):
     sentinel = tmp_path / "pwned"
     data, global_name = hand_written(sentinel)[name]
-    header = b"".join(pickle.dumps(obj, protocol=2) for obj in (
-        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
+    header = b"".join(
+        pickle.dumps(obj, protocol=2)
+        for obj in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True})
+    )
     path = tmp_path / "evil.pt"
     path.write_bytes(header + data + pickle.dumps([], protocol=2))
     assert_refused(path, sentinel, global_name)
@@ -144,10 +164,12 @@ def test_each_payload_really_runs_in_plain_pickle(tmp_path):
 def test_cli_reports_unsafe_file_in_one_line(tmp_path):
     sentinel = tmp_path / "pwned"
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": {"w": torch.ones(1)}, "x": Reduce(os.system, f"touch {sentinel}")},
-               path)
-    result = subprocess.run([sys.executable, "-m", "model_toolkit", "keys", str(path)],
-                            capture_output=True, text=True)
+    torch.save(
+        {"state_dict": {"w": torch.ones(1)}, "x": Reduce(os.system, f"touch {sentinel}")}, path
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "model_toolkit", "keys", str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr == f"error: model.ckpt is unsafe: it calls {os.system.__module__}.system\n"
     assert result.stdout == ""

@@ -1,0 +1,219 @@
+"""Writers: torch zip files that torch loads bit-equal, conversions equal to torch's, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import ALL_DTYPES, as_bytes, assert_same_tensors, sample_tensor
+from safetensors.torch import load_file, save_file
+
+import model_toolkit as mtk
+from model_toolkit.plan import PlanEntry
+
+
+def convert_file(source, output, precision="keep", **kwargs):
+    with mtk.open(source) as model:
+        plan = mtk.convert(model, mtk.precision_dtype(precision))
+        return mtk.write_plan(plan, output, **kwargs)
+
+
+def test_torch_zip_output_loads_in_torch_bit_equal(tmp_path, mixed_state_dict):
+    source = tmp_path / "in.pt"
+    torch.save({"state_dict": mixed_state_dict, "global_step": 12}, source)
+    out = tmp_path / "out.ckpt"
+    convert_file(source, out)
+    for kwargs in ({"weights_only": True}, {"weights_only": True, "mmap": True}):
+        loaded = torch.load(out, **kwargs)
+        assert loaded["global_step"] == 12
+        assert_same_tensors(loaded["state_dict"], mixed_state_dict)
+
+
+def test_torch_zip_storages_are_64_byte_aligned(tmp_path):
+    plan_source = tmp_path / "in.safetensors"
+    save_file({f"w{i}": torch.randn(i + 1, 3) for i in range(20)}, plan_source)
+    out = tmp_path / "out.pt"
+    convert_file(plan_source, out)
+    raw = out.read_bytes()
+    with zipfile.ZipFile(out) as archive:
+        records = [i for i in archive.infolist() if "/data/" in i.filename]
+        assert len(records) == 20
+        for info in records:
+            name_length, extra_length = np.frombuffer(
+                raw[info.header_offset + 26 : info.header_offset + 30], "<u2"
+            )
+            start = info.header_offset + 30 + int(name_length) + int(extra_length)
+            assert start % 64 == 0, info.filename
+            assert info.compress_type == zipfile.ZIP_STORED
+
+
+@pytest.mark.parametrize("target", ["safetensors", "ckpt"])
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2"])
+def test_convert_matches_torch_to(tmp_path, target, precision):
+    """Floats cast exactly as torch's .to(dtype) (NaN, inf, subnormals); ints untouched."""
+    float32 = sample_tensor(torch.float32, (64, 64), 1)  # random bits: every class of value
+    tensors = {
+        "w32": float32,
+        "w64": sample_tensor(torch.float64, (64, 32), 2),
+        "w16": sample_tensor(torch.float16, (64, 32), 3),
+        "wbf": sample_tensor(torch.bfloat16, (32, 64), 4),
+        "ids": torch.arange(77).reshape(1, 77),
+        "flag": torch.tensor([True, False]),
+        "t": float32.t(),  # non-contiguous
+    }
+    source = tmp_path / "in.pt"
+    torch.save(tensors, source)
+    output = tmp_path / f"out.{target}"
+    convert_file(source, output, precision)
+    loaded = (
+        load_file(output)
+        if target == "safetensors"
+        else torch.load(output, weights_only=True)["state_dict"]
+    )
+    torch_dtype = {
+        "fp16": torch.float16,
+        "bf16": torch.bfloat16,
+        "fp32": torch.float32,
+        "fp8_e4m3fn": torch.float8_e4m3fn,
+        "fp8_e5m2": torch.float8_e5m2,
+    }[precision]
+    expected = {
+        name: t.to(torch_dtype) if t.is_floating_point() else t for name, t in tensors.items()
+    }
+    assert_same_tensors(loaded, expected)
+
+
+def test_metadata_round_trips_between_formats(tmp_path):
+    source = tmp_path / "in.ckpt"
+    torch.save(
+        {
+            "state_dict": {"w": torch.ones(2)},
+            "global_step": 5,
+            "epoch": 1,
+            "hparams": {"lr": 0.5, "tags": ["a", "b"]},
+        },
+        source,
+    )
+    as_safetensors = tmp_path / "mid.safetensors"
+    convert_file(source, as_safetensors)
+    with mtk.open(as_safetensors) as model:
+        assert model.metadata == {
+            "global_step": "5",
+            "epoch": "1",
+            "hparams": '{"lr": 0.5, "tags": ["a", "b"]}',
+        }
+    back = tmp_path / "back.ckpt"
+    convert_file(as_safetensors, back)
+    loaded = torch.load(back, weights_only=True)
+    assert loaded["global_step"] == "5"
+    assert loaded["hparams"] == '{"lr": 0.5, "tags": ["a", "b"]}'
+    assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+
+
+def test_existing_output_is_kept_without_overwrite(tmp_path):
+    source = tmp_path / "in.safetensors"
+    save_file({"w": torch.ones(3)}, source)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(mtk.OutputExistsError, match="exists; use --overwrite"):
+        convert_file(source, out)
+    assert out.read_bytes() == b"precious"
+    convert_file(source, out, overwrite=True)
+    assert torch.equal(load_file(out)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    """A failure in the middle of the data: no output, no temporary file, old file intact."""
+    source = tmp_path / "in.safetensors"
+    save_file({"a": torch.ones(1000), "b": torch.ones(1000)}, source)
+
+    def explode(chunk, start):
+        raise KeyboardInterrupt
+
+    for existing in (False, True):
+        out = tmp_path / "out.safetensors"
+        if existing:
+            out.write_bytes(b"old")
+        with mtk.open(source) as model:
+            plan = mtk.convert(model)
+            plan.entries[1] = PlanEntry("b", plan.entries[1].source, plan.entries[1].dtype, explode)
+            with pytest.raises(KeyboardInterrupt):
+                mtk.write_plan(plan, out, overwrite=True)
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == (["in.safetensors", "out.safetensors"] if existing else ["in.safetensors"])
+        if existing:
+            assert out.read_bytes() == b"old"
+
+
+def test_killed_write_never_leaves_a_partial_output(tmp_path):
+    """SIGKILL during a write: the output path never holds a partial file."""
+    source = tmp_path / "in.safetensors"
+    save_file({f"w{i}": torch.randn(512, 512) for i in range(24)}, source)  # 24 MiB
+    out = tmp_path / "out.safetensors"
+    script = (
+        "import model_toolkit as m, sys\n"
+        "with m.open(sys.argv[1]) as f:\n"
+        "    m.write_plan(m.convert(f, m.precision_dtype('fp16')), sys.argv[2], chunk_bytes=65536,"
+        " progress=lambda d, t: print(d, flush=True))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(source), str(out)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    process.stdout.readline()  # it has started writing
+    process.kill()
+    process.wait()
+    assert not out.exists()
+    temps = [p for p in tmp_path.iterdir() if p.name.endswith(".mtk-tmp")]
+    assert all(p.name.startswith(".out.safetensors.") for p in temps)
+
+
+def test_write_memory_is_bounded_by_the_chunk(tmp_path):
+    """Converting 768 MiB of fp32 to fp16 stays far below the size of the data."""
+    source = tmp_path / "big.safetensors"
+    count = 12
+    # Build the file sparse: header, then 64 MiB of zero floats per tensor, without writing them.
+    size = 64 * 1024 * 1024
+    entries = {
+        f"w{i}": {"dtype": "F32", "shape": [size // 4], "data_offsets": [i * size, (i + 1) * size]}
+        for i in range(count)
+    }
+    raw = json.dumps(entries).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(source, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        handle.truncate(8 + len(raw) + count * size)
+    script = (
+        "import model_toolkit as m, sys\n"
+        "with m.open(sys.argv[1]) as f:\n"
+        "    m.write_plan(m.convert(f, m.precision_dtype('fp16')), sys.argv[2])\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child forked from
+        # this (torch-sized) pytest process would report pytest's peak.
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(source), str(tmp_path / "o.pt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    peak_kib = int(result.stdout.strip())
+    assert peak_kib < 200 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB for 768 MiB of data"
+    assert os.path.getsize(tmp_path / "o.pt") > count * size // 2
+
+
+def test_in_memory_tensors_write_like_file_tensors(tmp_path):
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ref = mtk.TensorRef.from_array("x", values, mtk.DTYPES["F32"])
+    plan = mtk.Plan([PlanEntry("x", ref, mtk.DTYPES["BF16"])])
+    out = mtk.write_plan(plan, tmp_path / "x.safetensors")
+    assert torch.equal(load_file(out)["x"], torch.from_numpy(values).to(torch.bfloat16))
+    _ = (ALL_DTYPES, as_bytes)
