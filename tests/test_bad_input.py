@@ -1,0 +1,194 @@
+"""Bad input of every kind: one ModelToolkitError with a clear message; the CLI prints one line
+and exits with status 2. Never a traceback, never a hang."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import model_toolkit as mtk
+
+
+@pytest.fixture
+def good_ckpt(tmp_path):
+    path = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"a": torch.randn(64, 64), "b": torch.arange(10)}}, path)
+    return path
+
+
+def refuse(path, message):
+    with pytest.raises(mtk.ModelToolkitError, match=message):
+        mtk.open(path)
+
+
+def test_zero_length(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(b"")
+    refuse(path, "empty.safetensors is empty")
+
+
+def test_random_bytes(tmp_path):
+    path = tmp_path / "noise.ckpt"
+    path.write_bytes(os.urandom(4096))
+    refuse(path, "not a safetensors or torch checkpoint")
+
+
+def test_directory_and_missing_path(tmp_path):
+    refuse(tmp_path, "is a directory")
+    refuse(tmp_path / "missing.ckpt", "cannot read .*missing.ckpt: No such file")
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_checkpoint(tmp_path, good_ckpt, keep):
+    raw = good_ckpt.read_bytes()
+    path = tmp_path / "cut.ckpt"
+    path.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(mtk.ModelToolkitError):
+        with mtk.open(path) as model:  # if the header survived, reading the data must fail
+            for ref in model.tensors.values():
+                ref.read()
+                list(ref.iter_chunks())
+
+
+def test_truncated_safetensors(tmp_path):
+    path = tmp_path / "cut.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.randn(100)}, path)
+    path.write_bytes(path.read_bytes()[:-10])
+    refuse(path, "file truncated")
+
+
+def test_truncated_legacy_file(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"a": torch.randn(1000)}, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-100])
+    refuse(path, "truncated")
+    path.write_bytes(raw[:40])
+    refuse(path, "old.pt")
+
+
+def rewrite_zip(source, target, change):
+    """Copy a zip entry by entry, letting `change(name, data)` alter or drop (None) each."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = change(info.filename, src.read(info))
+            if data is not None:
+                dst.writestr(info.filename, data)
+
+
+def test_zip_entry_missing(tmp_path, good_ckpt):
+    bad = tmp_path / "bad.ckpt"
+    rewrite_zip(good_ckpt, bad, lambda n, d: None if n.endswith("data/0") else d)
+    refuse(bad, "storage good/data/0 is missing")
+    rewrite_zip(good_ckpt, bad, lambda n, d: None if n.endswith("data.pkl") else d)
+    refuse(bad, "no data.pkl")
+
+
+def test_zip_entry_too_short(tmp_path, good_ckpt):
+    bad = tmp_path / "bad.ckpt"
+    rewrite_zip(good_ckpt, bad, lambda n, d: d[:7] if n.endswith("data/0") else d)
+    refuse(bad, "has 7 bytes, needs 16384")
+
+
+def test_zip_unsupported_compression(tmp_path, good_ckpt):
+    """An entry whose compression method is unknown (patched into both headers)."""
+    raw = bytearray(good_ckpt.read_bytes())
+    with zipfile.ZipFile(good_ckpt) as archive:
+        info = archive.getinfo("good/data/0")
+    struct.pack_into("<H", raw, info.header_offset + 8, 99)  # local header
+    position = raw.find(b"good/data/0", len(raw) - 4096) - 46  # its central directory record
+    assert raw[position : position + 4] == b"PK\x01\x02"
+    struct.pack_into("<H", raw, position + 10, 99)  # central directory entry
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(bytes(raw))
+    refuse(bad, "unsupported compression 99")
+
+
+def test_zip_bomb_data_pkl(tmp_path):
+    """A deflated data.pkl that expands past the limit is refused without being expanded."""
+    bad = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("bomb/data.pkl", "w", force_zip64=True) as entry:
+            block = b"\0" * (1 << 20)
+            for _ in range(300):
+                entry.write(block)
+    assert bad.stat().st_size < 1 << 20
+    refuse(bad, "data.pkl is too large")
+
+
+def test_zip_with_garbage_pickle(tmp_path):
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("bad/data.pkl", b"\x80\x02}q\x00(X\x01")
+    refuse(bad, "broken pickle")
+
+
+def test_storage_view_past_its_storage_is_refused(tmp_path):
+    """A pickle claiming a tensor larger than its storage must not read out of bounds."""
+    path = tmp_path / "lie.pt"
+    torch.save({"a": torch.zeros(4)}, path)
+    bad = tmp_path / "bad.pt"
+    rewrite_zip(
+        path,
+        bad,
+        lambda n, d: d.replace(b"K\x04\x85", b"K\x40\x85") if n.endswith("data.pkl") else d,
+    )
+    refuse(bad, "reaches element 63 of a storage of 4")
+
+
+def test_tar_format_is_named(tmp_path):
+    path = tmp_path / "ancient.pt"
+    path.write_bytes(b"\0" * 257 + b"ustar" + b"\0" * 250)
+    refuse(path, "oldest \\(tar\\) format")
+
+
+@settings(
+    max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    deadline=None,
+)
+@given(st.integers(min_value=0, max_value=10_000), st.binary(min_size=1, max_size=8))
+def test_corrupted_checkpoint_bytes(tmp_path, good_ckpt, position, garbage):
+    """Bytes overwritten anywhere: the file opens and reads, or fails with our error."""
+    raw = bytearray(good_ckpt.read_bytes())
+    position %= len(raw)
+    raw[position : position + len(garbage)] = garbage
+    path = tmp_path / "corrupt.ckpt"
+    path.write_bytes(bytes(raw))
+    try:
+        with mtk.open(path) as model:
+            for ref in model.tensors.values():
+                ref.read()
+    except mtk.ModelToolkitError:
+        pass
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "model_toolkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04broken", b"\x10" + b"\0" * 7])
+def test_cli_one_line_and_status_2(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    for args in (("keys", path), ("convert", path, tmp_path / "out.ckpt")):
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.ckpt").exists()
