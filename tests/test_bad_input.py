@@ -51,11 +51,11 @@ def test_truncated_checkpoint(tmp_path, good_ckpt, keep):
     raw = good_ckpt.read_bytes()
     path = tmp_path / "cut.ckpt"
     path.write_bytes(raw[: int(len(raw) * keep)])
-    with pytest.raises(mtk.ModelToolkitError):
-        with mtk.open(path) as model:  # if the header survived, reading the data must fail
-            for ref in model.tensors.values():
-                ref.read()
-                list(ref.iter_chunks())
+    # If the header survived, reading the data must fail.
+    with pytest.raises(mtk.ModelToolkitError), mtk.open(path) as model:
+        for ref in model.tensors.values():
+            ref.read()
+            list(ref.iter_chunks())
 
 
 def test_truncated_safetensors(tmp_path):
@@ -117,11 +117,12 @@ def test_zip_unsupported_compression(tmp_path, good_ckpt):
 def test_zip_bomb_data_pkl(tmp_path):
     """A deflated data.pkl that expands past the limit is refused without being expanded."""
     bad = tmp_path / "bomb.pt"
-    with zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("bomb/data.pkl", "w", force_zip64=True) as entry:
-            block = b"\0" * (1 << 20)
-            for _ in range(300):
-                entry.write(block)
+    with (
+        zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("bomb/data.pkl", "w", force_zip64=True) as entry,
+    ):
+        for _ in range(300):
+            entry.write(b"\0" * (1 << 20))
     assert bad.stat().st_size < 1 << 20
     refuse(bad, "data.pkl is too large")
 

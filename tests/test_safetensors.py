@@ -9,12 +9,12 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_DTYPES, as_bytes, assert_same_tensors, sample_tensor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import model_toolkit as mtk
+from conftest import ALL_DTYPES, as_bytes, assert_same_tensors, sample_tensor
 from model_toolkit.formats.safetensors import parse_header
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import as_bytes, sample_tensor
 
 import model_toolkit as mtk
+from conftest import as_bytes, sample_tensor
 
 
 def read_all(path: Path) -> dict[str, bytes]:

@@ -12,10 +12,10 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_DTYPES, as_bytes, assert_same_tensors, sample_tensor
 from safetensors.torch import load_file, save_file
 
 import model_toolkit as mtk
+from conftest import ALL_DTYPES, as_bytes, assert_same_tensors, sample_tensor
 from model_toolkit.plan import PlanEntry
 
 
