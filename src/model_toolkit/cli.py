@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from . import __version__
-from .demo import write_demo
 from .dtypes import PRECISIONS, precision_dtype
 from .errors import ModelToolkitError
 from .formats import open_model
@@ -64,6 +62,9 @@ def _progress(total: int, label: str) -> Iterator[ProgressCallback | None]:
     if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
         yield None
         return
+    # Imported here: rich.progress costs 45 ms at start-up, and most commands never draw a bar.
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
     columns = (
         "[progress.description]{task.description}",
         BarColumn(),
@@ -135,6 +136,8 @@ def demo(
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Write the built-in demo model: a small, bloated SD-v1-style fp32 checkpoint with EMA."""
+    from .demo import write_demo
+
     path = write_demo(output, overwrite=overwrite)
     typer.echo(f"wrote {path} ({_human(path.stat().st_size)}): a demo SD-v1-style checkpoint")
 

@@ -1,0 +1,103 @@
+"""Builds the benchmark's input files (called by bench/run.py; run in its own process).
+
+    python bench/inputs.py --full|--quick KEY=PATH ...   (KEY: sd1_ckpt, sd1_st, sdxl_st)
+
+Real key names and shapes (the lists kept in tests/data/keys and the package's component data),
+random values: every tensor's bytes are a window of a 256 MiB file of normally distributed
+values, so the inputs are real bytes on disk (not sparse) and are written by our own streaming
+writer without holding a model in memory. `--quick` divides large dimensions by 16.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from model_toolkit.architectures import keylists
+from model_toolkit.demo import SCHEDULER_BUFFERS
+from model_toolkit.dtypes import DTYPES, DType
+from model_toolkit.model import FileData, Storage, TensorRef
+from model_toolkit.plan import Plan, PlanEntry
+from model_toolkit.write import write_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+KEYS = ROOT / "tests" / "data" / "keys"
+PATTERN_BYTES = 256 * 1024 * 1024
+
+
+def pattern(dtype: DType) -> FileData:
+    path = CACHE / f"pattern-{dtype.name}.bin"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        values = rng.standard_normal(PATTERN_BYTES // dtype.itemsize, dtype=np.float32) * 0.02
+        temp = path.with_suffix(".tmp")
+        values.astype(dtype.numpy).tofile(temp)
+        temp.rename(path)
+    return FileData(path)
+
+
+class Builder:
+    def __init__(self, scale: int) -> None:
+        self.scale = scale
+        self.entries: list[PlanEntry] = []
+        self.patterns: dict[str, FileData] = {}
+        self.position = 0
+
+    def add(self, name: str, shape: tuple[int, ...], dtype: DType) -> None:
+        shape = tuple(d // self.scale if d >= 256 else d for d in shape)
+        if dtype.name not in self.patterns:
+            self.patterns[dtype.name] = pattern(dtype)
+        data = self.patterns[dtype.name]
+        count = int(np.prod(shape))
+        nbytes = count * dtype.itemsize
+        # Windows at varied offsets, so that no two tensors are byte-identical.
+        self.position = (self.position + 7919 * dtype.itemsize) % (PATTERN_BYTES - nbytes)
+        offset = self.position - self.position % dtype.itemsize
+        if "position_ids" in name:
+            ids = np.arange(count, dtype=np.int64).reshape(shape)
+            ref = TensorRef.from_array(name, ids, DTYPES["I64"])
+        else:
+            ref = TensorRef(name, dtype, shape, Storage(data, offset, nbytes))
+        self.entries.append(PlanEntry(name, ref, ref.dtype))
+
+
+def sd1_plan(scale: int) -> Plan:
+    """SD1 fp32 as a training checkpoint: buffers, UNET, EMA, VAE, CLIP, and some junk."""
+    f32 = DTYPES["F32"]
+    build = Builder(scale)
+    for name in SCHEDULER_BUFFERS:
+        build.add(name, (1000,), f32)
+    for name, shape in keylists.load_path(KEYS / "Checkpoint-SD1-LDM.txt"):
+        build.add(name, shape, f32)
+    build.add("model_ema.decay", (), f32)
+    for name, shape in keylists.load("UNET-v1-EMA"):
+        build.add(f"model_ema.diffusion_model{name}", shape, f32)
+    for index in range(4):  # junk left by training scripts
+        build.add(f"first_stage_model.loss.discriminator.main.{index}.weight", (64, 64, 4, 4), f32)
+    return Plan(build.entries, {"global_step": 470000, "epoch": 6})
+
+
+def sdxl_plan(scale: int) -> Plan:
+    build = Builder(scale)
+    for name, shape in keylists.load_path(KEYS / "Checkpoint-SDXL-SGM.txt"):
+        build.add(name, shape, DTYPES["F16"])
+    return Plan(build.entries)
+
+
+def main() -> None:
+    mode, *targets = sys.argv[1:]
+    scale = 16 if mode == "--quick" else 1
+    CACHE.mkdir(parents=True, exist_ok=True)
+    plans = {"sd1_ckpt": sd1_plan, "sd1_st": sd1_plan, "sdxl_st": sdxl_plan}
+    for target in targets:
+        key, _, path = target.partition("=")
+        plan = plans[key](scale)
+        print(f"building {path} ({plan.nbytes / 2**30:.2f} GiB)", flush=True)
+        write_plan(plan, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Benchmark: `mtk` against the physical floor (cat / cp of the same bytes), time and peak memory.
+
+    python bench/run.py            # full size: SD1 fp32 .ckpt with EMA (~7.2 GiB), SDXL fp16
+    python bench/run.py --quick    # the small demo model: a smoke test for CI
+
+Inputs are built once (real key names and shapes, random values) and cached in bench/.cache.
+Each case runs `mtk` as a child process several times; the table shows the median wall time,
+the child's peak RSS, and the floor measured in the same run: `cat` of the bytes read plus
+`cp` (and fsync, as mtk's writes are fsynced) of a file the size of the output.
+
+This driver imports only the standard library, so that it stays small: a child's peak RSS is
+read through wait4(), and Linux counts in it what the child had before exec, i.e. this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+MIB = 1024 * 1024
+
+
+@dataclass
+class Case:
+    name: str
+    args: list[str]  # mtk arguments; {out} is replaced by the output path
+    reads: Path  # the file whose bytes the case reads
+    output: Path | None  # None: nothing written
+    max_seconds: float | None = None  # absolute target
+    max_ratio: float | None = None  # target against the floor
+    max_rss_mib: float | None = None
+
+
+def run_measured(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of a child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        stderr = process.stderr.read().decode() if process.stderr else ""
+        raise SystemExit(f"failed ({process.returncode}): {' '.join(command)}\n{stderr}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def floor_seconds(reads: Path, output_size: int, scratch: Path) -> float:
+    """cat of the bytes read, plus cp + fsync of a file as large as the output."""
+    start = time.perf_counter()
+    subprocess.run(["cat", str(reads)], stdout=subprocess.DEVNULL, check=True)
+    read_time = time.perf_counter() - start
+    if output_size == 0:
+        return read_time
+    sample = scratch / "floor-source.bin"
+    if not sample.exists() or sample.stat().st_size != output_size:
+        with open(sample, "wb") as handle:
+            handle.truncate(0)
+            block = os.urandom(MIB)
+            for _ in range(output_size // MIB):
+                handle.write(block)
+            handle.write(block[: output_size % MIB])
+    subprocess.run(["cat", str(sample)], stdout=subprocess.DEVNULL, check=True)  # warm
+    target = scratch / "floor-copy.bin"
+    start = time.perf_counter()
+    subprocess.run(["cp", str(sample), str(target)], check=True)
+    subprocess.run(["sync", str(target)], check=True)
+    write_time = time.perf_counter() - start
+    target.unlink()
+    return read_time + write_time
+
+
+def make_inputs(quick: bool) -> dict[str, Path]:
+    """Build (once) the input files in a child process, keeping this one small."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    names = {
+        "sd1_ckpt": "sd1-fp32-ema.ckpt",
+        "sd1_st": "sd1-fp32-ema.safetensors",
+        "sdxl_st": "sdxl-fp16.safetensors",
+    }
+    if quick:
+        names = {key: "quick-" + value for key, value in names.items()}
+    paths = {key: CACHE / value for key, value in names.items()}
+    missing = [key for key, path in paths.items() if not path.exists()]
+    if missing:
+        helper = ROOT / "bench" / "inputs.py"
+        subprocess.run(
+            [
+                sys.executable,
+                str(helper),
+                "--quick" if quick else "--full",
+                *(f"{key}={paths[key]}" for key in missing),
+            ],
+            check=True,
+        )
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small inputs, one run: a smoke test")
+    parser.add_argument("--runs", type=int, default=None, help="runs per case (default 3)")
+    options = parser.parse_args()
+    runs = options.runs or (1 if options.quick else 3)
+    mtk = shutil.which("mtk", path=str(Path(sys.executable).parent)) or "mtk"
+    inputs = make_inputs(options.quick)
+    scratch = CACHE / "scratch"
+    scratch.mkdir(exist_ok=True)
+    out = scratch / "out"
+
+    cases = [
+        Case(
+            "keys .ckpt (header only)",
+            ["keys", str(inputs["sd1_ckpt"])],
+            inputs["sd1_ckpt"],
+            None,
+            max_seconds=0.5,
+            max_rss_mib=100,
+        ),
+        Case(
+            "keys .safetensors (header only)",
+            ["keys", str(inputs["sd1_st"])],
+            inputs["sd1_st"],
+            None,
+            max_seconds=0.5,
+            max_rss_mib=100,
+        ),
+        Case(
+            "convert .ckpt -> fp16 .safetensors",
+            ["convert", str(inputs["sd1_ckpt"]), "{out}.safetensors", "--precision", "fp16"],
+            inputs["sd1_ckpt"],
+            out.with_suffix(".safetensors"),
+            max_ratio=1.3,
+            max_rss_mib=512,
+        ),
+        Case(
+            "convert .safetensors -> fp16 .safetensors",
+            ["convert", str(inputs["sd1_st"]), "{out}.safetensors", "--precision", "fp16"],
+            inputs["sd1_st"],
+            out.with_suffix(".safetensors"),
+            max_ratio=1.3,
+            max_rss_mib=512,
+        ),
+        Case(
+            "convert .safetensors -> .ckpt",
+            ["convert", str(inputs["sd1_st"]), "{out}.ckpt"],
+            inputs["sd1_st"],
+            out.with_suffix(".ckpt"),
+            max_ratio=1.3,
+            max_rss_mib=512,
+        ),
+        Case(
+            "convert SDXL fp16 .safetensors -> .ckpt",
+            ["convert", str(inputs["sdxl_st"]), "{out}.ckpt"],
+            inputs["sdxl_st"],
+            out.with_suffix(".ckpt"),
+            max_ratio=1.3,
+            max_rss_mib=512,
+        ),
+    ]
+
+    print(
+        f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+        f"{'quick' if options.quick else 'full'} inputs; median of {runs} run(s)"
+    )
+    header = (
+        f"{'case':<42} {'input':>9} {'output':>9} {'mtk s':>7} {'floor s':>8} "
+        f"{'ratio':>6} {'peak RSS':>9}  target"
+    )
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for case in cases:
+        command = [mtk, *(a.replace("{out}", str(out)) for a in case.args)]
+        subprocess.run(["cat", str(case.reads)], stdout=subprocess.DEVNULL, check=True)  # warm
+        times, peaks, floors = [], [], []
+        output_size = 0
+        for _ in range(runs):
+            if case.output is not None and case.output.exists():
+                case.output.unlink()
+            elapsed, peak = run_measured(command)
+            times.append(elapsed)
+            peaks.append(peak)
+            output_size = case.output.stat().st_size if case.output else 0
+            floors.append(floor_seconds(case.reads, output_size, scratch))
+        median, floor = statistics.median(times), statistics.median(floors)
+        ratio = median / floor if floor else float("nan")
+        peak = max(peaks)
+        verdicts = []
+        if case.max_seconds is not None:
+            verdicts.append(("time", median <= case.max_seconds, f"<= {case.max_seconds} s"))
+        if case.max_ratio is not None:
+            verdicts.append(("ratio", ratio <= case.max_ratio, f"<= {case.max_ratio}x"))
+        if case.max_rss_mib is not None:
+            verdicts.append(("rss", peak <= case.max_rss_mib, f"<= {case.max_rss_mib:.0f} MiB"))
+        ok = all(v[1] for v in verdicts)
+        failures += not ok
+        target = ", ".join(v[2] for v in verdicts) + (": ok" if ok else ": MISSED")
+        print(
+            f"{case.name:<42} {case.reads.stat().st_size / MIB / 1024:>7.2f}G "
+            f"{output_size / MIB / 1024:>7.2f}G {median:>7.2f} {floor:>8.2f} {ratio:>6.2f} "
+            f"{peak:>6.0f}MiB  {target}"
+        )
+        if case.output is not None and case.output.exists():
+            case.output.unlink()
+    for leftover in scratch.glob("floor-*"):
+        leftover.unlink()
+    if options.quick:
+        print("quick mode: a smoke test; the targets are for the full-size inputs")
+    elif failures:
+        print(f"{failures} case(s) missed a target")
+
+
+if __name__ == "__main__":
+    main()
