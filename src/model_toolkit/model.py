@@ -22,7 +22,7 @@ import numpy as np
 from .dtypes import DType
 from .errors import FormatError
 
-DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024  # large enough for few syscalls, small enough for caches
 
 
 class FileData:
@@ -183,11 +183,8 @@ class TensorRef:
         return self._native(array).reshape(self.shape)
 
     def iter_chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
-        """The values in C order as 1-D arrays of at most `max_bytes` each.
-
-        A yielded array may reuse the buffer of the one before: consume it before asking for the
-        next. Memory use is one chunk, whatever the tensor's size.
-        """
+        """The values in C order as 1-D arrays of at most `max_bytes` each (read-only for
+        tensors held in memory). Memory use is one chunk, whatever the tensor's size."""
         if self.numel == 0:
             return
         itemsize = self.dtype.itemsize
@@ -213,14 +210,15 @@ class TensorRef:
                     pending = pending[usable:]
             return
         assert self.storage.data is not None
-        buffer = bytearray(min(self.nbytes, per_chunk * itemsize))
-        view = memoryview(buffer)
         position = self.storage.offset + start
         left = self.nbytes
         while left:
-            size = min(left, len(buffer))
-            self.storage.data.preadinto(view[:size], position)
-            yield self._native(np.frombuffer(buffer, self._numpy_dtype(), size // itemsize))
+            size = min(left, per_chunk * itemsize)
+            # A fresh buffer per chunk: chunks may be converted in other threads while the next
+            # one is read, so none may be overwritten under them.
+            chunk = np.empty(size // itemsize, self._numpy_dtype())
+            self.storage.data.preadinto(memoryview(chunk.view(np.uint8)), position)
+            yield self._native(chunk)
             position += size
             left -= size
 

@@ -7,8 +7,12 @@ Plan, so operations compose by transforming plans, and the writers in `formats/`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,15 +42,29 @@ class PlanEntry:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
-    def iter_chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Any:
-        """Output values in C order, chunk by chunk, already in the output dtype."""
+    @property
+    def is_copy(self) -> bool:
+        """Values pass through unchanged: no cast, no transform."""
+        return self.transform is None and self.dtype == self.source.dtype
+
+    def chunk_jobs(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Callable[[], Any]]:
+        """Read the source chunk by chunk (here) and yield, per chunk, the work that turns it
+        into output values (transform, cast), so that work can run in another thread."""
         # Size chunks by the wider of the two dtypes so that neither side exceeds max_bytes.
         widest = max(self.source.dtype.itemsize, self.dtype.itemsize)
         start = 0
         for chunk in self.source.iter_chunks(max_bytes * self.source.dtype.itemsize // widest):
-            values = chunk if self.transform is None else self.transform(chunk, start)
+            yield partial(self._convert, chunk, start)
             start += len(chunk)
-            yield convert_values(values, self.dtype)
+
+    def _convert(self, chunk: np.ndarray, start: int) -> np.ndarray:
+        values = chunk if self.transform is None else self.transform(chunk, start)
+        return convert_values(values, self.dtype)
+
+    def iter_chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """Output values in C order, chunk by chunk, already in the output dtype."""
+        for job in self.chunk_jobs(max_bytes):
+            yield job()
 
 
 def convert_values(values: np.ndarray, target: DType) -> np.ndarray:
@@ -71,3 +89,28 @@ class Plan:
     @property
     def nbytes(self) -> int:
         return sum(entry.nbytes for entry in self.entries)
+
+    def iter_output(
+        self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, workers: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Every entry's output values in order, chunk by chunk, casting on all cores.
+
+        Reading stays in the calling thread (sequential, so the disk streams); each chunk's cast
+        runs in a worker, while the caller writes the chunks before it. At most `workers + 1`
+        chunks are in flight, so memory stays bounded by the chunk size.
+        """
+        if workers is None:
+            workers = int(os.environ.get("MTK_CAST_THREADS", min(4, os.cpu_count() or 1)))
+        if workers <= 0:
+            for entry in self.entries:
+                yield from entry.iter_chunks(chunk_bytes)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="mtk-cast") as pool:
+            in_flight: deque[Future[np.ndarray]] = deque()
+            for entry in self.entries:
+                for job in entry.chunk_jobs(chunk_bytes):
+                    in_flight.append(pool.submit(job))
+                    while len(in_flight) > workers:
+                        yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()

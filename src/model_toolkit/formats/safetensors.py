@@ -158,7 +158,6 @@ def write(plan: Plan, out: BinaryIO, progress: Progress, chunk_bytes: int) -> No
     if len(set(names)) != len(names):
         raise FormatError("the plan has duplicate tensor names")
     out.write(header_bytes(plan))
-    for entry in plan.entries:
-        for chunk in entry.iter_chunks(chunk_bytes):
-            out.write(chunk.view(np.uint8))
-            progress(chunk.nbytes)
+    for chunk in plan.iter_output(chunk_bytes):
+        out.write(chunk.view(np.uint8))
+        progress(chunk.nbytes)

@@ -12,9 +12,11 @@ import hashlib
 import io
 import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import numpy as np
 
 from ..errors import FormatError
 from ..model import FileData, ModelFile, Storage, TensorRef
@@ -155,6 +157,14 @@ def _aligned_info(name: str, position: int, size: int) -> zipfile.ZipInfo:
     return info
 
 
+def _take(chunks: Iterator[np.ndarray], nbytes: int) -> Iterator[memoryview]:
+    """The next `nbytes` of output from a stream of chunks (chunks never span two entries)."""
+    while nbytes > 0:
+        chunk = next(chunks)
+        nbytes -= chunk.nbytes
+        yield memoryview(chunk.view(np.uint8))
+
+
 def write(plan: Plan, out: BinaryIO, progress: Callable[[int], None], chunk_bytes: int) -> None:
     """A torch zip checkpoint: {"state_dict": tensors, **metadata}, storages 64-byte aligned."""
     names = [entry.name for entry in plan.entries]
@@ -181,8 +191,8 @@ def write(plan: Plan, out: BinaryIO, progress: Callable[[int], None], chunk_byte
         record(".format_version", [b"1"], 1)
         record(".storage_alignment", [str(STORAGE_ALIGNMENT).encode()], 2)
         record("byteorder", [b"little"], 6)
+        output = plan.iter_output(chunk_bytes)
         for index, entry in enumerate(plan.entries):
-            chunks = (memoryview(c.view("uint8")) for c in entry.iter_chunks(chunk_bytes))
-            record(f"data/{index}", chunks, entry.nbytes, count_progress=True)
+            record(f"data/{index}", _take(output, entry.nbytes), entry.nbytes, True)
         record("version", [b"3\n"], 2)
         record(".data/serialization_id", [serialization_id.encode()], 40)
