@@ -3,6 +3,7 @@ and exits with status 2. Never a traceback, never a hang."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
@@ -193,3 +194,50 @@ def test_cli_one_line_and_status_2(tmp_path, content):
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_fifo_and_devices_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    refuse(fifo, "is not a regular file")  # would hang forever if opened blocking
+    refuse("/dev/null", "is not a regular file")
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "locked.ckpt"
+    path.write_bytes(b"x")
+    real_open = os.open
+
+    def denied(target, *args, **kwargs):
+        if str(target) == str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    refuse(path, "cannot read .*locked.ckpt: Permission denied")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_unpickler_on_arbitrary_bytes(raw):
+    """Any byte string as data.pkl: a result, or one of our errors; never anything else."""
+    import io
+
+    from model_toolkit.formats import unpickler
+
+    with contextlib.suppress(mtk.ModelToolkitError):
+        unpickler.load(io.BytesIO(raw), "x.pt", lambda pid: unpickler.storage_stub(pid, "x.pt"))
+
+
+def test_complex128_cannot_go_to_safetensors(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"c": torch.zeros(2, dtype=torch.complex128)}, path)
+    with mtk.open(path) as model, pytest.raises(mtk.UsageError, match="cannot store complex128"):
+        mtk.write_plan(mtk.convert(model), tmp_path / "c.safetensors")
+    assert not (tmp_path / "c.safetensors").exists()
+    with mtk.open(path) as model:
+        mtk.write_plan(mtk.convert(model), tmp_path / "c.ckpt")
+    assert torch.equal(
+        torch.load(tmp_path / "c.ckpt", weights_only=True)["state_dict"]["c"],
+        torch.zeros(2, dtype=torch.complex128),
+    )

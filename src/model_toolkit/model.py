@@ -11,6 +11,7 @@ import contextlib
 import math
 import mmap
 import os
+import stat
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,12 +36,19 @@ class FileData:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise FormatError(f"cannot read {path}: {exc.strerror}") from None
-        self.size = os.fstat(self.fd).st_size
+        self.fd = -1
         self._mmap: mmap.mmap | None = None
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            info = os.fstat(self.fd)
+        except OSError as exc:
+            self.close()
+            raise FormatError(f"cannot read {path}: {exc.strerror}") from None
+        if not stat.S_ISREG(info.st_mode):
+            self.close()
+            raise FormatError(f"{path} is not a regular file")
+        self.size = info.st_size
 
     @property
     def mmap(self) -> mmap.mmap:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..dtypes import DTYPES
-from ..errors import FormatError
+from ..errors import FormatError, UsageError
 from ..model import FileData, ModelFile, Storage, TensorRef
 from ..plan import Plan
 
@@ -136,6 +136,12 @@ def metadata_as_strings(metadata: dict[str, Any]) -> dict[str, str]:
 def header_bytes(plan: Plan) -> bytes:
     """The length prefix and JSON header for a plan, padded so the data starts aligned."""
     header: dict[str, Any] = {}
+    for entry in plan.entries:
+        if entry.dtype.name not in DTYPES:  # complex128: readable from checkpoints only
+            raise UsageError(
+                f"safetensors cannot store {entry.dtype.torch_name} "
+                f"(tensor {entry.name!r}); write a .ckpt instead"
+            )
     metadata = metadata_as_strings(plan.metadata)
     if metadata:
         header["__metadata__"] = metadata
