@@ -109,19 +109,18 @@ class Storage:
         """Bytes [start, start+length) of a compressed entry, decompressed as a stream."""
         assert self.member is not None and self.data is not None
         with zipfile.ZipFile(self.data.path) as archive, archive.open(self.member) as entry:
-            skip = start
-            while skip:
-                got = entry.read(min(skip, chunk))
-                if not got:
-                    raise FormatError(f"{self.data.path.name}: {self.member} is truncated")
-                skip -= len(got)
-            left = length
-            while left:
-                got = entry.read(min(left, chunk))
-                if not got:
-                    raise FormatError(f"{self.data.path.name}: {self.member} is truncated")
-                left -= len(got)
-                yield got
+
+            def pieces(count: int) -> Iterator[bytes]:
+                while count:
+                    got = entry.read(min(count, chunk))
+                    if not got:
+                        raise FormatError(f"{self.data.path.name}: {self.member} is truncated")
+                    count -= len(got)
+                    yield got
+
+            for _ in pieces(start):  # decompress up to the start, keeping nothing
+                pass
+            yield from pieces(length)
 
 
 @dataclass(frozen=True)
