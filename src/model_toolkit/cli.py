@@ -104,6 +104,54 @@ def keys(
 
 
 @app.command()
+def inspect(
+    file: Annotated[
+        Path, typer.Argument(help="Model file (.safetensors, .ckpt, .pt, .pth, .bin).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    advanced: Annotated[
+        bool,
+        typer.Option(
+            "--advanced", help="Statistics, every architecture found, rejections, unknown keys."
+        ),
+    ] = False,
+    no_metric: Annotated[
+        bool,
+        typer.Option(
+            "--no-metric", help="Read no tensor data: names and shapes only (milliseconds)."
+        ),
+    ] = False,
+    fix_clip: Annotated[
+        bool,
+        typer.Option("--fix-clip", help="Report as if broken CLIP position ids will be fixed."),
+    ] = False,
+    precision: Annotated[
+        str, typer.Option(help="The precision pruning would use, for the size estimate.")
+    ] = "fp16",
+) -> None:
+    """Identify a model and report what is in it, as the original toolkit's reports."""
+    from .analysis import analyze
+    from .fingerprints import broken_position_ids, compute_metric, known_components
+    from .report import Findings, advanced_report, basic_report
+    from .report import as_json as json_report
+
+    dtype = precision_dtype(precision)
+    with open_model(file) as model:
+        analysis = analyze(model, dtype)
+        findings = Findings()
+        if not no_metric:
+            findings.metric = compute_metric(analysis)
+            findings.known = known_components(findings.metric)
+            findings.broken_position_ids = broken_position_ids(analysis)
+        if as_json:
+            typer.echo(json.dumps(json_report(analysis, findings), indent=2))
+        elif advanced:
+            typer.echo(advanced_report(analysis, findings), nl=False)
+        else:
+            typer.echo(basic_report(analysis, findings, fix_clip), nl=False)
+
+
+@app.command()
 def convert(
     source: Annotated[Path, typer.Argument(help="The model file to read.")],
     output: Annotated[

@@ -1,0 +1,138 @@
+"""Analysis: what a file is and what pruning would do, from names, shapes and dtypes only.
+
+Everything here is a pure function of the header. Facts that need tensor values (the metric,
+broken position ids) are computed in fingerprints.py, only when asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .architectures.detect import Detection, allowed_keys, detect
+from .architectures.registry import Key, load_registry
+from .dtypes import DType, target_dtype
+from .model import ModelFile
+
+EMA_PREFIX = "model_ema."
+# Old NAI-style checkpoints lack `text_model.` in their CLIP keys; they are renamed on the way.
+NAI_RENAMES = {
+    f"cond_stage_model.transformer.{part}": f"cond_stage_model.transformer.text_model.{part}"
+    for part in ("embeddings.", "encoder.", "final_layer_norm.")
+}
+POSITION_IDS = "embeddings.position_ids"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    total: int
+    junk: int  # not allowed by the resolved architecture, and not EMA
+    ema: int  # `model_ema.*` not allowed by the resolved architecture
+    precision_waste: int  # what casting the kept floats to the target precision saves
+    pruned: int  # the size after pruning
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "junk": self.junk,
+            "ema": self.ema,
+            "precision_waste": self.precision_waste,
+            "pruned": self.pruned,
+        }
+
+
+@dataclass
+class Analysis:
+    model: ModelFile
+    detection: Detection
+    sizes: Sizes
+    kept_keys: list[str]  # allowed by the resolved architecture
+    junk_keys: list[str]
+    ema_keys: list[str]
+    unknown_keys: list[str]  # explained by no architecture found
+    useless_keys: list[str]  # explained by a found architecture, not by the resolved one
+    renamed_keys: dict[str, str]  # NAI CLIP key -> its standard name
+    position_ids: list[str]  # the CLIP position ids tensors of the resolved architecture
+    keep_ema: bool
+    precision: DType | None
+
+    @property
+    def architecture(self) -> str | None:
+        return self.detection.resolved
+
+    @property
+    def components(self) -> dict[str, str]:
+        return self.detection.components
+
+
+def nai_rename(name: str) -> str:
+    for old, new in NAI_RENAMES.items():
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
+
+
+def analyze(model: ModelFile, precision: DType | None = None, keep_ema: bool = False) -> Analysis:
+    """Identify `model` and size what pruning to `precision` (fp16 by default) would do."""
+    registry = load_registry()
+    if precision is None:
+        from .dtypes import DTYPES
+
+        precision = DTYPES["F16"]
+    shapes = {name: ref.shape for name, ref in model.tensors.items()}
+    detection = detect(shapes, registry)
+    allowed: set[Key] = set()
+    known: set[Key] = set()
+    for arch, by_class in detection.found.items():
+        keys = allowed_keys(arch, by_class, registry)
+        known |= keys
+        if arch == detection.resolved:
+            allowed = allowed_keys(
+                arch, {c: [m] for c, m in detection.components.items()}, registry
+            )
+
+    kept, junk, ema, unknown, useless = [], [], [], [], []
+    total = junk_size = ema_size = waste = 0
+    for name, ref in model.tensors.items():
+        key = detection.keys[name]
+        total += ref.nbytes
+        if key not in known:
+            unknown.append(name)
+        elif key not in allowed:
+            useless.append(name)
+        if key in allowed or (keep_ema and name.startswith(EMA_PREFIX)):
+            kept.append(name)
+            narrowed = target_dtype(ref.dtype, precision)
+            if narrowed.itemsize < ref.dtype.itemsize:
+                waste += ref.nbytes - ref.numel * narrowed.itemsize
+        elif name.startswith(EMA_PREFIX):
+            ema.append(name)
+            ema_size += ref.nbytes
+        else:
+            junk.append(name)
+            junk_size += ref.nbytes
+
+    renamed = {name: nai_rename(name) for name in kept if nai_rename(name) != name}
+    position_ids = []
+    if detection.resolved:
+        prefixed = registry.architectures[detection.resolved].prefixed
+        for component in detection.components.values():
+            spec = registry.components[component]
+            if any(key == POSITION_IDS for key, _ in spec.keys):
+                name = (spec.prefix if prefixed else "") + POSITION_IDS
+                if name in model.tensors:
+                    position_ids.append(name)
+    sizes = Sizes(total, junk_size, ema_size, waste, total - junk_size - ema_size - waste)
+    return Analysis(
+        model,
+        detection,
+        sizes,
+        kept,
+        junk,
+        ema,
+        unknown,
+        useless,
+        renamed,
+        position_ids,
+        keep_ema,
+        precision,
+    )

@@ -1,0 +1,161 @@
+"""Matching names and shapes against the registry, as the original toolkit does it.
+
+A component is found when all its required (key, shape) pairs are present, with its prefix or
+without. An architecture is found when a component of each of its classes is found in the
+prefixing the architecture uses. Every near miss is recorded with its reason, in the original's
+words, so that users can see why a file was not recognised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .registry import Key, Registry, load_registry
+
+
+@dataclass(frozen=True)
+class Rejection:
+    name: str  # the component or architecture that was not found
+    reason: str  # "Missing required keys (N of M)" or "Missing required classes"
+    missing: list[str]  # "key [shape]" (shape mismatches say what was found), or class names
+
+
+@dataclass
+class Detection:
+    """What the names and shapes of a file match. Pure data; no tensor was read."""
+
+    keys: dict[str, Key]  # tensor name -> (name, shape as matched)
+    found: dict[str, dict[str, list[str]]]  # architecture -> class -> components
+    rejected: list[Rejection]
+    resolved: str | None  # the architecture used
+    components: dict[str, str] = field(default_factory=dict)  # class -> component used
+
+    @property
+    def candidates(self) -> list[str]:
+        return list(self.found)
+
+
+def matched_key(name: str, shape: tuple[int, ...], registry: Registry) -> Key:
+    """The key as the registry sees it: free dimensions (LoRA rank) become -1."""
+    free = registry.free_shapes.get(name)
+    if free is not None and len(free) == len(shape):
+        shape = tuple(-1 if spec == -1 else size for size, spec in zip(shape, free, strict=True))
+    return name, shape
+
+
+def describe_missing(missing: set[Key], present: Mapping[str, tuple[int, ...]]) -> list[str]:
+    lines = []
+    for name, shape in sorted(missing):
+        text = f"{name} [{','.join(map(str, shape))}]"
+        if name in present:
+            text += f" (found [{','.join(map(str, present[name]))}])"
+        lines.append(text)
+    return lines
+
+
+def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = None) -> Detection:
+    """Identify a file from its tensor names and shapes."""
+    registry = registry or load_registry()
+    keys = {name: matched_key(name, tuple(shape), registry) for name, shape in shapes.items()}
+    keyset = set(keys.values())
+    present = {name: key[1] for name, key in keys.items()}
+    rejected: list[Rejection] = []
+
+    forms: dict[str, set[bool]] = {}  # component -> the prefixings it was found in
+    for component in registry.components.values():
+        found_in: set[bool] = set()
+        reasons: list[Rejection] = []
+        for prefixed in (True, False):
+            required = component.keyset(prefixed, required_only=True)
+            missing = required - keyset
+            if not missing:
+                found_in.add(prefixed)
+            elif missing != required:
+                reason = f"Missing required keys ({len(missing)} of {len(required)})"
+                rejection = Rejection(component.name, reason, describe_missing(missing, present))
+                if rejection not in reasons:
+                    reasons.append(rejection)
+        if found_in:
+            forms[component.name] = found_in
+        else:
+            rejected.extend(reasons)
+    classes = registry.classes_of(set(forms))
+    for members in classes.values():  # registry order, so that ties resolve the same way
+        members.sort(key=list(registry.components).index)
+
+    found: dict[str, dict[str, list[str]]] = {}
+    for arch in registry.architectures.values():
+        by_class = {
+            cls: [c for c in classes.get(cls, []) if arch.prefixed in forms[c]]
+            for cls in arch.classes
+        }
+        by_class = {cls: members for cls, members in by_class.items() if members}
+        if len(by_class) == len(arch.classes):
+            if arch.prefer_superset:
+                by_class = {
+                    cls: [max(m, key=lambda c: len(registry.components[c].keys))]
+                    for cls, m in by_class.items()
+                }
+            found[arch.name] = by_class
+        elif by_class:
+            missing_classes = sorted(set(arch.classes) - set(by_class))
+            rejected.append(Rejection(arch.name, "Missing required classes", missing_classes))
+
+    if any(name.startswith("SD-") for name in found):
+        found = {n: c for n, c in found.items() if not registry.architectures[n].partial}
+    found = {n: c for n, c in found.items() if registry.architectures[n].hidden_by not in found}
+
+    resolved = resolve(found, registry)
+    components = (
+        {cls: resolve_class(members, registry)[0] for cls, members in found[resolved].items()}
+        if resolved
+        else {}
+    )
+    return Detection(keys, found, rejected, resolved, components)
+
+
+def resolve_class(members: list[str], registry: Registry) -> list[str]:
+    """Prefer the one `-SD` component, else the one with most keys."""
+    if len(members) <= 1:
+        return list(members)
+    standard = [c for c in members if c.endswith("-SD")]
+    if len(standard) == 1:
+        return standard
+    return [max(members, key=lambda c: len(registry.components[c].keys))]
+
+
+def resolve(found: dict[str, dict[str, list[str]]], registry: Registry) -> str | None:
+    """The architecture to use: a preferred one if found, else the one with most keys."""
+    if not found:
+        return None
+    for name in registry.preferred:
+        if name in found:
+            return name
+
+    def size(name: str) -> int:
+        return sum(
+            len(registry.components[resolve_class(m, registry)[0]].keys)
+            for m in found[name].values()
+        )
+
+    return max(found, key=size)
+
+
+def allowed_keys(
+    arch_name: str,
+    by_class: Mapping[str, list[str]],
+    registry: Registry | None = None,
+    classes: set[str] | None = None,
+) -> set[Key]:
+    """Every key the architecture allows (its components' keys, prefixed as it wants them, plus
+    its optional keys), or only the keys of some of its classes."""
+    registry = registry or load_registry()
+    arch = registry.architectures[arch_name]
+    allowed: set[Key] = set() if classes is not None else set(arch.optional)
+    for cls, members in by_class.items():
+        if classes is not None and cls not in classes:
+            continue
+        for name in members:
+            allowed |= registry.components[name].keyset(arch.prefixed)
+    return allowed

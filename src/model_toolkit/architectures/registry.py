@@ -1,0 +1,94 @@
+"""Components, classes and architectures, built from data/registry.json and the key lists.
+
+Nothing here knows a particular architecture: adding one is a key list and a line of JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+
+from . import keylists
+from .keylists import DATA
+
+Key = tuple[str, tuple[int, ...]]  # (tensor name, shape); -1 in a shape is a free dimension
+
+
+@dataclass(frozen=True)
+class Component:
+    """A set of (key, shape) that makes up one part of a model, e.g. the SD-v1 UNET."""
+
+    name: str
+    cls: str
+    prefix: str  # what the keys carry inside a full checkpoint
+    keys: frozenset[Key]  # every key the component may have, without prefix
+    required: frozenset[Key]  # the keys it must have
+
+    def keyset(self, prefixed: bool, required_only: bool = False) -> frozenset[Key]:
+        keys = self.required if required_only else self.keys
+        if not prefixed or not self.prefix:
+            return keys
+        return frozenset((self.prefix + name, shape) for name, shape in keys)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named set of classes, found when a component of each class is found."""
+
+    name: str
+    classes: tuple[str, ...]
+    prefixed: bool  # components carry their prefix (full checkpoints) or not (component files)
+    optional: frozenset[Key]  # keys the architecture allows besides its components
+    partial: bool = False  # a *-BROKEN result: hidden when a complete SD- architecture is found
+    hidden_by: str | None = None  # not listed when this other architecture is found
+    prefer_superset: bool = False  # of two components of a class, only the larger is listed
+
+
+@dataclass(frozen=True)
+class Registry:
+    components: dict[str, Component]
+    architectures: dict[str, Architecture]
+    preferred: tuple[str, ...]  # chosen first, in this order, when found
+    known: dict[str, dict[str, int]]  # metric values of known components, by part
+    free_shapes: dict[str, tuple[int, ...]]  # key -> shape with -1 where any size matches
+
+    def classes_of(self, names: set[str]) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {}
+        for name in names:
+            result.setdefault(self.components[name].cls, []).append(name)
+        return result
+
+
+@cache
+def load_registry() -> Registry:
+    """The registry shipped with the package (read once)."""
+    raw = json.loads((DATA / "registry.json").read_text(encoding="utf-8"))
+    optional_sets = {
+        name: frozenset((key, tuple(shape)) for key, shape in keys)
+        for name, keys in raw["optional_keys"].items()
+    }
+    components: dict[str, Component] = {}
+    free_shapes: dict[str, tuple[int, ...]] = {}
+    for name, spec in raw["components"].items():
+        keys = frozenset(keylists.load(spec["keys"]))
+        absent_ok = set(spec.get("optional", []))
+        required = frozenset(k for k in keys if k[0] not in absent_ok)
+        components[name] = Component(name, spec["class"], spec["prefix"], keys, required)
+        for key, shape in keys:
+            if -1 in shape:
+                free_shapes[key] = shape
+                free_shapes[spec["prefix"] + key] = shape
+    architectures = {
+        name: Architecture(
+            name,
+            tuple(spec["classes"]),
+            spec["prefixed"],
+            optional_sets.get(spec.get("optional", ""), frozenset()),
+            spec.get("partial", False),
+            spec.get("hidden_by"),
+            spec.get("prefer_superset", False),
+        )
+        for name, spec in raw["architectures"].items()
+    }
+    return Registry(components, architectures, tuple(raw["preferred"]), raw["known"], free_shapes)

@@ -1,0 +1,140 @@
+"""Facts that need tensor values: the original toolkit's metric, known components, position ids.
+
+The metric (`UUUU/VVVV/CCCC`) sums `sigmoid(w) - 0.5` over the UNET, VAE and CLIP weights, with
+`w` rounded to float16, and compares each sum with SD-v1's. Since every weight is a float16 value,
+a tensor's sum is a histogram of its float16 bit patterns dotted with a 65536-entry table of
+torch-exact sigmoids: one streaming pass, no transcendental function per element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analysis import Analysis
+from .architectures.detect import allowed_keys
+from .architectures.registry import load_registry
+from .dtypes import DTYPES, cast
+from .model import TensorRef
+from .sigmoid import VECTOR_BLOCK, half_tables
+
+UNET_CLASSES = {"UNET-v1", "UNET-v1-Pix2Pix", "UNET-v2", "UNET-v2-Depth"}
+VAE_CLASSES = {"VAE-v1"}
+CLIP_CLASSES = {"CLIP-v1", "CLIP-v2"}
+BASELINE = {"unet": -6131.5400, "vae": 17870.7051, "clip-v1": -2097.8596, "clip": -8757.5630}
+SCALE = {"unet": 10000, "vae": 10000, "clip-v1": 1000000, "clip": 10000}
+WRAP = 10000
+
+
+@dataclass(frozen=True)
+class Metric:
+    string: str  # "UUUU/VVVV/CCCC", "----" for an absent part
+    unet: int | None
+    vae: int | None
+    clip: int | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"string": self.string, "unet": self.unet, "vae": self.vae, "clip": self.clip}
+
+
+def tensor_metric(ref: TensorRef) -> np.float32:
+    """`torch.sum(torch.sigmoid(t.half().float()) - 0.5)` for one tensor, as a float32."""
+    vector_table, scalar_table = half_tables()
+    total = ref.numel
+    tail_start = total - total % VECTOR_BLOCK
+    counts = np.zeros(65536, np.int64)
+    tail_counts = np.zeros(65536, np.int64)
+    position = 0
+    for chunk in ref.iter_chunks():
+        bits = cast(chunk, DTYPES["F16"]).view(np.uint16)
+        cut = max(0, min(len(bits), tail_start - position))
+        counts += np.bincount(bits[:cut], minlength=65536)
+        if cut < len(bits):
+            tail_counts += np.bincount(bits[cut:], minlength=65536)
+        position += len(bits)
+    value = counts @ _finite(vector_table) + tail_counts @ _finite(scalar_table)
+    if counts[_NAN_BITS].any() or tail_counts[_NAN_BITS].any():
+        return np.float32(np.nan)  # a NaN weight makes the sum NaN, as it does in torch
+    return np.float32(value)
+
+
+_NAN_BITS = np.isnan(np.arange(65536, dtype=np.uint16).view(np.float16))
+
+
+def _finite(table: np.ndarray) -> np.ndarray:
+    return np.where(_NAN_BITS, 0.0, table.astype(np.float64))
+
+
+def _score(total: np.float32, part: str) -> int | None:
+    """int(|sum / baseline - 1| * scale) in float32, as the original's torch arithmetic, wrapped
+    below 10000 by steps of 5000. None when the weights hold NaN or inf."""
+    if not np.isfinite(total):
+        return None
+    ratio = total / np.float32(BASELINE[part]) - np.float32(1)
+    n = int(np.abs(ratio) * np.float32(SCALE[part]))
+    while n >= WRAP:
+        n -= WRAP // 2
+    return n
+
+
+def compute_metric(analysis: Analysis) -> Metric:
+    """Stream the tensors the metric covers, in file order, and score each part."""
+    detection = analysis.detection
+    if detection.resolved is None:
+        return Metric("----/----/----", None, None, None)
+    registry = load_registry()
+    resolved = {cls: [name] for cls, name in detection.components.items()}
+
+    def keys(classes: set[str]) -> set:
+        return allowed_keys(detection.resolved, resolved, registry, classes)
+
+    unet_keys, vae_keys, clip_keys = keys(UNET_CLASSES), keys(VAE_CLASSES), keys(CLIP_CLASSES)
+    sums = {"unet": np.float32(0), "vae": np.float32(0), "clip": np.float32(0)}
+    for name, ref in analysis.model.tensors.items():
+        key = detection.keys[name]
+        if key in unet_keys:
+            sums["unet"] = np.float32(sums["unet"] + tensor_metric(ref))
+        if key in vae_keys and ("encoder." in name or "decoder." in name):
+            sums["vae"] = np.float32(sums["vae"] + tensor_metric(ref))
+        if key in clip_keys and "mlp." in name and ".23." not in name:
+            sums["clip"] = np.float32(sums["clip"] + tensor_metric(ref))
+    clip_part = "clip-v1" if "CLIP-v1" in detection.components else "clip"
+    scores: dict[str, int | None] = {
+        "unet": _score(sums["unet"], "unet") if sums["unet"] != 0 else None,
+        "vae": _score(sums["vae"], "vae") if sums["vae"] != 0 else None,
+        "clip": _score(sums["clip"], clip_part) if sums["clip"] != 0 else None,
+    }
+    # "----": the part is absent; "NaN!": its weights hold NaN or inf (a broken merge).
+    text = "/".join(
+        "----" if sums[part] == 0 else "NaN!" if value is None else f"{value:04}"
+        for part, value in scores.items()
+    )
+    return Metric(text, scores["unet"], scores["vae"], scores["clip"])
+
+
+def known_components(metric: Metric) -> list[str]:
+    """ "NAI VAE", "SD-v1 CLIP", ...: known components whose metric is within 1 of this one."""
+    known = load_registry().known
+    found = []
+    if metric.vae is not None:
+        found += [f"{name} VAE" for name, v in known["VAE"].items() if abs(metric.vae - v) <= 1]
+    if metric.clip is not None:
+        for part in ("CLIP-v1", "CLIP-v2"):
+            found += [
+                f"{name} CLIP" for name, v in known[part].items() if abs(metric.clip - v) <= 1
+            ]
+    return found
+
+
+def broken_position_ids(analysis: Analysis) -> dict[str, list[int]]:
+    """For each CLIP position ids tensor: the indices whose id, as int64, is not 0..76."""
+    result = {}
+    for name in analysis.position_ids:
+        ids = analysis.model.tensors[name].read().reshape(-1)
+        if ids.dtype.kind == "f" or ids.dtype.name == "bfloat16":
+            ids = ids.astype(np.float64)
+        as_int = np.trunc(ids).astype(np.int64) if ids.dtype.kind == "f" else ids.astype(np.int64)
+        expected = np.arange(len(as_int), dtype=np.int64)
+        result[name] = np.nonzero(as_int != expected)[0].tolist()
+    return result

@@ -1,0 +1,172 @@
+"""Analysis -> the original toolkit's Basic and Advanced reports, in its words, and JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .analysis import Analysis
+from .architectures.registry import load_registry
+from .fingerprints import Metric
+
+JUNK_AS_SIZE = 16 * 1024 * 1024  # below this, junk is counted in keys rather than bytes
+ABBREVIATE = 5
+
+
+@dataclass
+class Findings:
+    """What was computed beyond the header: absent (None) when not asked for."""
+
+    metric: Metric | None = None
+    known: list[str] | None = None
+    broken_position_ids: dict[str, list[int]] | None = None
+
+
+def size_text(count: int) -> str:
+    """Sizes as the original prints them: 1024-based, two decimals."""
+    if count < 1024:
+        return f"{count} Bytes"
+    for unit, scale in (("KB", 1024), ("MB", 1024**2)):
+        if count < scale * 1024:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count / 1024**3:.2f} GB"
+
+
+def _ids_text(ids: list[int]) -> str:
+    return ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+
+
+def basic_report(analysis: Analysis, findings: Findings, fix_clip: bool = False) -> str:
+    metric = findings.metric.string if findings.metric else "----/----/----"
+    lines = [f"Report ({metric})", ""]
+    detection = analysis.detection
+    if not detection.resolved:
+        lines.append("Model type could not be identified.")
+        return "\n".join(lines) + "\n"
+    sizes = analysis.sizes
+    out = [f"Model is {size_text(sizes.total)}."]
+    if len(detection.candidates) > 1:
+        out.append(f"Multiple model types identified: {', '.join(detection.candidates)}.")
+        out.append(f"Model type {detection.resolved} will be used.")
+    else:
+        out.append(f"Model type identified as {detection.resolved}.")
+    if analysis.components:
+        out.append(f"Model components are: {', '.join(analysis.components.values())}.")
+    else:
+        out.append("Model has no components.")
+    lines += [" ".join(out), ""]
+
+    out = []
+    junk_keys = analysis.junk_keys + analysis.ema_keys
+    junk_size = sizes.junk + sizes.ema
+    if junk_keys:
+        out.append(
+            f"Contains {size_text(junk_size)} of junk data!"
+            if junk_size > JUNK_AS_SIZE
+            else f"Contains {len(junk_keys)} junk keys!"
+        )
+    else:
+        out.append("Contains no junk data.")
+    if analysis.ema_keys:
+        out.append(f"(Of which {size_text(sizes.ema)} is EMA.)")
+    if sizes.precision_waste:
+        out.append(f"Wastes {size_text(sizes.precision_waste)} on precision.")
+    components = set(analysis.components.values())
+    if "CLIP-v1-NAI" in components:
+        out.append(f"CLIP is mislabelled ({len(analysis.renamed_keys)} keys will be renamed).")
+    if "CLIP-v2-WD" in components:
+        out.append("CLIP is missing its final layer.")
+    for ids in (findings.broken_position_ids or {}).values():
+        if ids:
+            action = "will be fixed" if fix_clip else "need --fix-clip to be fixed"
+            out.append(f"CLIP has broken position ids: {_ids_text(ids)} ({action}).")
+    registry = load_registry()
+    if registry.architectures[detection.resolved].partial:
+        have = ", ".join(
+            c for name in detection.candidates for c in registry.architectures[name].classes
+        )
+        out.append(f"Model is broken: only {have} found; pruning keeps them all.")
+    lines += [" ".join(out), ""]
+
+    if findings.known:
+        lines += [" ".join(f"Uses the {name}." for name in findings.known), ""]
+    if sizes.pruned < sizes.total:
+        lines.append(f"Model can be pruned to {size_text(sizes.pruned)}.")
+    else:
+        lines.append("Model is clean, nothing to be done.")
+    return "\n".join(lines) + "\n"
+
+
+def _abbreviated(items: list[str], full: bool) -> list[str]:
+    if full or len(items) <= ABBREVIATE:
+        return items
+    return [*items[:ABBREVIATE], "..."]
+
+
+def advanced_report(analysis: Analysis, findings: Findings, full: bool = False) -> str:
+    metric = findings.metric.string if findings.metric else "----/----/----"
+    model = analysis.model
+    lines = [f"Report ({metric})", "", "Statistics"]
+
+    def total(names: list[str]) -> str:
+        return f"{len(names)} ({size_text(sum(model.tensors[n].nbytes for n in names))})"
+
+    stats = [f"Total keys: {total(list(model.tensors))}"]
+    if analysis.useless_keys:
+        stats.append(f"Useless keys: {total(analysis.useless_keys)}")
+    if analysis.unknown_keys:
+        stats.append(f"Unknown keys: {total(analysis.unknown_keys)}")
+    lines += [", ".join(stats) + ".", "", "Architecture"]
+    detection = analysis.detection
+    if detection.resolved:
+        order = [detection.resolved] + [a for a in detection.candidates if a != detection.resolved]
+        for index, arch in enumerate(order):
+            if index == 1:
+                lines.append("Additional")
+            lines.append(f"- {arch}")
+            classes = detection.found[arch]
+            for cls, members in classes.items():
+                lines.append(f"  - {cls}")
+                if arch == detection.resolved and not full:
+                    members = [detection.components[cls]]
+                lines += [f"    - {m}" for m in members]
+    else:
+        lines.append("- NONE")
+    if detection.rejected:
+        lines += ["", "Rejected"]
+        for rejection in detection.rejected:
+            lines.append(f"- {rejection.name}: {rejection.reason}")
+            lines += [f"  - {item}" for item in _abbreviated(rejection.missing, full)]
+    if analysis.unknown_keys:
+        lines += ["", "Unknown"]
+        unknown = [
+            f"{n} [{','.join(map(str, model.tensors[n].shape))}]"
+            for n in sorted(analysis.unknown_keys)
+        ]
+        lines += [f"- {item}" for item in _abbreviated(unknown, full)]
+    return "\n".join(lines) + "\n"
+
+
+def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
+    detection = analysis.detection
+    broken = findings.broken_position_ids
+    return {
+        "path": str(analysis.model.path),
+        "format": analysis.model.format,
+        "architecture": detection.resolved,
+        "candidates": detection.candidates,
+        "components": detection.components,
+        "rejected": [
+            {"name": r.name, "reason": r.reason, "missing": r.missing} for r in detection.rejected
+        ],
+        "unknown_keys": analysis.unknown_keys,
+        "sizes": analysis.sizes.as_dict(),
+        "metric": findings.metric.as_dict() if findings.metric else None,
+        "known": findings.known or [],
+        "fixes": {
+            "renamed_keys": len(analysis.renamed_keys),
+            "broken_position_ids": None
+            if broken is None
+            else sorted({i for ids in broken.values() for i in ids}),
+        },
+    }
