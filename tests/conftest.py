@@ -85,3 +85,50 @@ def mixed_state_dict() -> dict[str, torch.Tensor]:
     tensors["scalar"] = torch.tensor(1.5)
     tensors["empty"] = torch.zeros((0, 4))
     return tensors
+
+
+def write_sparse_safetensors(path, entries, dtype="F16", fill=None):
+    """A real-sized .safetensors whose data is holes (zeros) except the tensors in `fill`.
+
+    Real names and shapes cost no disk: a multi-GB checkpoint takes a few KB.
+    """
+    import json
+    import struct
+
+    from model_toolkit.dtypes import DTYPES
+
+    fill = fill or {}
+    header, position, offsets = {}, 0, {}
+    for name, shape in entries:
+        dt = (
+            DTYPES[fill[name][1]]
+            if name in fill and isinstance(fill[name], tuple)
+            else DTYPES[dtype]
+        )
+        size = int(np.prod(shape)) * dt.itemsize
+        header[name] = {
+            "dtype": dt.name,
+            "shape": list(shape),
+            "data_offsets": [position, position + size],
+        }
+        offsets[name] = position
+        position += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)
+    base = 8 + len(raw)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        handle.truncate(base + position)
+        for name, values in fill.items():
+            array = values[0] if isinstance(values, tuple) else values
+            handle.seek(base + offsets[name])
+            handle.write(np.ascontiguousarray(array).tobytes())
+    return path
+
+
+def shapes_of(entries):
+    return {name: tuple(shape) for name, shape in entries}
+
+
+def with_prefix(entries, prefix):
+    return [(prefix + name, shape) for name, shape in entries]

@@ -80,6 +80,8 @@ def basic_report(analysis: Analysis, findings: Findings, fix_clip: bool = False)
         if ids:
             action = "will be fixed" if fix_clip else "need --fix-clip to be fixed"
             out.append(f"CLIP has broken position ids: {_ids_text(ids)} ({action}).")
+    if any(cls.startswith("EMA-") for cls in analysis.components):
+        out.append("EMA UNET keys have their dots removed; extracting the UNET restores them.")
     registry = load_registry()
     if registry.architectures[detection.resolved].partial:
         have = ", ".join(
