@@ -118,20 +118,28 @@ def main() -> None:
 
     cases = [
         Case(
-            "keys .ckpt (header only)",
-            ["keys", str(inputs["sd1_ckpt"])],
+            "identify .ckpt (inspect --no-metric)",
+            ["inspect", str(inputs["sd1_ckpt"]), "--no-metric"],
             inputs["sd1_ckpt"],
             None,
             max_seconds=0.5,
             max_rss_mib=100,
         ),
         Case(
-            "keys .safetensors (header only)",
-            ["keys", str(inputs["sd1_st"])],
+            "identify .safetensors (inspect --no-metric)",
+            ["inspect", str(inputs["sd1_st"]), "--no-metric"],
             inputs["sd1_st"],
             None,
             max_seconds=0.5,
             max_rss_mib=100,
+        ),
+        Case(
+            "inspect with metric .safetensors",
+            ["inspect", str(inputs["sd1_st"])],
+            inputs["sd1_st"],
+            None,
+            max_ratio=1.5,
+            max_rss_mib=512,
         ),
         Case(
             "convert .ckpt -> fp16 .safetensors",

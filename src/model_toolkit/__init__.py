@@ -8,6 +8,7 @@ with mtk.open("model.ckpt") as model:        # reads the header only, never runs
 
 from __future__ import annotations
 
+from .analysis import Analysis, analyze
 from .dtypes import DTYPES, DType, precision_dtype
 from .errors import (
     FormatError,
@@ -16,6 +17,7 @@ from .errors import (
     UnsafeFileError,
     UsageError,
 )
+from .fingerprints import Metric, compute_metric
 from .formats import open_model
 from .model import ModelFile, TensorRef
 from .operations import convert
@@ -30,8 +32,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DTYPES",
+    "Analysis",
     "DType",
     "FormatError",
+    "Metric",
     "ModelFile",
     "ModelToolkitError",
     "OutputExistsError",
@@ -41,6 +45,8 @@ __all__ = [
     "UnsafeFileError",
     "UsageError",
     "__version__",
+    "analyze",
+    "compute_metric",
     "convert",
     "open",
     "open_model",
