@@ -22,13 +22,11 @@ from .formats import open_model
 from .model import ModelFile, TensorRef
 from .operations import convert
 from .plan import Plan, PlanEntry
+from .version import __version__
 from .write import write_plan
 
 open = open_model
 
-# The one place the version is written (pyproject.toml reads it from here). A literal, because
-# looking it up through importlib.metadata costs 50 ms on every `mtk` start.
-__version__ = "0.1.0"
 
 __all__ = [
     "DTYPES",

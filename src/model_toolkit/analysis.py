@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.registry import Key, load_registry
 from .dtypes import DType, target_dtype
-from .model import ModelFile
+from .model import ModelFile, TensorRef
+from .plan import Plan, PlanEntry
 
 EMA_PREFIX = "model_ema."
 # Old NAI-style checkpoints lack `text_model.` in their CLIP keys; they are renamed on the way.
@@ -42,7 +43,9 @@ class Sizes:
 
 @dataclass
 class Analysis:
-    model: ModelFile
+    path: str  # the file analysed ("" for a plan not yet written)
+    format: str  # "safetensors", "torch-zip", "torch-legacy", or "plan"
+    tensors: dict[str, TensorRef | PlanEntry]  # by name, in file order
     detection: Detection
     sizes: Sizes
     kept_keys: list[str]  # allowed by the resolved architecture
@@ -71,14 +74,23 @@ def nai_rename(name: str) -> str:
     return name
 
 
-def analyze(model: ModelFile, precision: DType | None = None, keep_ema: bool = False) -> Analysis:
-    """Identify `model` and size what pruning to `precision` (fp16 by default) would do."""
+def analyze(
+    model: ModelFile | Plan, precision: DType | None = None, keep_ema: bool = False
+) -> Analysis:
+    """Identify a file, or the output of a plan, and size what pruning to `precision` (fp16 by
+    default) would do. A plan is analysed as the file it would write: operations compose."""
     registry = load_registry()
+    if isinstance(model, Plan):
+        tensors: dict[str, TensorRef | PlanEntry] = {e.name: e for e in model.entries}
+        path, file_format = model.origin, "plan"
+    else:
+        tensors = dict(model.tensors)
+        path, file_format = str(model.path), model.format
     if precision is None:
         from .dtypes import DTYPES
 
         precision = DTYPES["F16"]
-    shapes = {name: ref.shape for name, ref in model.tensors.items()}
+    shapes = {name: ref.shape for name, ref in tensors.items()}
     detection = detect(shapes, registry)
     allowed: set[Key] = set()
     known: set[Key] = set()
@@ -92,7 +104,7 @@ def analyze(model: ModelFile, precision: DType | None = None, keep_ema: bool = F
 
     kept, junk, ema, unknown, useless = [], [], [], [], []
     total = junk_size = ema_size = waste = 0
-    for name, ref in model.tensors.items():
+    for name, ref in tensors.items():
         key = detection.keys[name]
         total += ref.nbytes
         if key not in known:
@@ -119,11 +131,13 @@ def analyze(model: ModelFile, precision: DType | None = None, keep_ema: bool = F
             spec = registry.components[component]
             if any(key == POSITION_IDS for key, _ in spec.keys):
                 name = (spec.prefix if prefixed else "") + POSITION_IDS
-                if name in model.tensors:
+                if name in tensors:
                     position_ids.append(name)
     sizes = Sizes(total, junk_size, ema_size, waste, total - junk_size - ema_size - waste)
     return Analysis(
-        model,
+        path,
+        file_format,
+        tensors,
         detection,
         sizes,
         kept,

@@ -6,17 +6,18 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from . import __version__
+from . import operations
 from .dtypes import PRECISIONS, precision_dtype
 from .errors import ModelToolkitError
 from .formats import open_model
-from .operations import convert as convert_plan
+from .plan import Plan
+from .version import __version__
 from .write import ProgressCallback, write_plan
 
 app = typer.Typer(
@@ -151,6 +152,75 @@ def inspect(
             typer.echo(basic_report(analysis, findings, fix_clip), nl=False)
 
 
+def _free_name(folder: Path, stem: str, suffix: str) -> Path:
+    """`stem + suffix` in `folder`, or `stem(1) + suffix`, ...: never an existing file."""
+    candidate = folder / f"{stem}{suffix}"
+    number = 1
+    while candidate.exists():
+        candidate = folder / f"{stem}({number}){suffix}"
+        number += 1
+    return candidate
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def _write(
+    plan: Plan,
+    output: Path,
+    inputs: list[Path],
+    overwrite: bool,
+    as_json: bool,
+    input_bytes: int,
+) -> None:
+    """Write a plan and say what was written: one line, or a JSON summary."""
+    if not overwrite and any(output.resolve() == p.resolve() for p in inputs):
+        raise ModelToolkitError(f"{output} is an input; use --overwrite to replace it")
+    for warning in plan.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if not plan.entries:
+        raise ModelToolkitError("nothing to write: the result has no tensors")
+    with _progress(plan.nbytes, f"writing {output.name}") as progress:
+        write_plan(plan, output, overwrite=overwrite, progress=progress)
+    size = output.stat().st_size
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "output": str(output),
+                    "tensors": len(plan.entries),
+                    "bytes": size,
+                    "input_bytes": input_bytes,
+                    "saved": input_bytes - size,
+                    "warnings": plan.warnings,
+                }
+            )
+        )
+    else:
+        saved = input_bytes - size
+        typer.echo(
+            f"wrote {output} ({_human(size)}, "
+            + (f"saved {_human(saved)})" if saved > 0 else f"was {_human(input_bytes)})")
+        )
+
+
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("-o", "--output", help="The file to write; its extension picks the format."),
+]
+PrecisionOption = Annotated[str, typer.Option(help=f"Cast floats: {', '.join(PRECISIONS)}.")]
+OverwriteOption = Annotated[bool, typer.Option(help="Replace the output if it exists.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary.")]
+FixClipOption = Annotated[
+    bool, typer.Option("--fix-clip", help="Rewrite CLIP position ids to 0..76.")
+]
+
+
 @app.command()
 def convert(
     source: Annotated[Path, typer.Argument(help="The model file to read.")],
@@ -160,20 +230,124 @@ def convert(
             help="The file to write; its extension picks the format (.safetensors, .ckpt, .pt)."
         ),
     ],
-    precision: Annotated[
-        str, typer.Option(help=f"Cast floating tensors: {', '.join(PRECISIONS)}.")
-    ] = "keep",
-    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    precision: PrecisionOption = "keep",
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Change format and/or precision, keeping every tensor and the metadata."""
     dtype = precision_dtype(precision)
     with open_model(source) as model:
-        if output.resolve() == source.resolve() and not overwrite:
-            raise ModelToolkitError(f"{output} is the input; use --overwrite to replace it")
-        plan = convert_plan(model, dtype)
-        with _progress(plan.nbytes, f"writing {output.name}") as progress:
-            write_plan(plan, output, overwrite=overwrite, progress=progress)
-        typer.echo(f"wrote {output} ({_human(plan.nbytes)} of tensors, was {_human(model.nbytes)})")
+        plan = operations.convert(model, dtype)
+        plan.origin = str(source)
+        _write(plan, output, [source], overwrite, as_json, source.stat().st_size)
+
+
+@app.command()
+def prune(
+    source: Annotated[Path, typer.Argument(help="The model file to prune.")],
+    output: OutputOption = None,
+    precision: PrecisionOption = "fp16",
+    keep_ema: Annotated[bool, typer.Option(help="Keep the EMA weights.")] = False,
+    fix_clip: FixClipOption = False,
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Keep what the model's architecture needs: drop junk and EMA, cast to fp16, fix names."""
+    dtype = precision_dtype(precision)
+    with open_model(source) as model:
+        plan = operations.prune(model, dtype, keep_ema, fix_clip)
+        target = output or _free_name(source.parent, _stem(source) + "-pruned", ".safetensors")
+        _write(plan, target, [source], overwrite, as_json, source.stat().st_size)
+
+
+COMPONENT_SUFFIX = {
+    "UNET": "unet",
+    "EMA": "unet",
+    "VAE": "vae",
+    "CLIP": "clip",
+    "Depth": "depth",
+    "ControlNet": "controlnet",
+    "LoRA": "lora",
+}
+
+
+@app.command()
+def extract(
+    source: Annotated[Path, typer.Argument(help="The model file to take the component from.")],
+    cls: Annotated[str, typer.Argument(metavar="CLASS", help="UNET-v1, VAE-v1, CLIP-v1, ...")],
+    output: OutputOption = None,
+    component: Annotated[
+        str | None, typer.Option(help="A specific component (default: the best one).")
+    ] = None,
+    precision: PrecisionOption = "keep",
+    fix_clip: FixClipOption = False,
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Save one component as a standalone file, its prefix removed."""
+    dtype = precision_dtype(precision)
+    with open_model(source) as model:
+        plan = operations.extract(model, cls, component, dtype, fix_clip)
+        suffix = COMPONENT_SUFFIX.get(cls.split("-")[0], cls.lower())
+        target = output or _free_name(source.parent, f"{_stem(source)}.{suffix}", ".safetensors")
+        _write(plan, target, [source], overwrite, as_json, source.stat().st_size, False)
+
+
+@app.command()
+def replace(
+    target: Annotated[Path, typer.Argument(help="The model whose component is replaced.")],
+    cls: Annotated[str, typer.Option("--class", metavar="CLASS", help="The class to replace.")],
+    source: Annotated[
+        Path, typer.Option("--from", help="A component file, or any model containing the class.")
+    ],
+    component: Annotated[
+        str | None, typer.Option(help="A specific component of the source (default: the best one).")
+    ] = None,
+    output: OutputOption = None,
+    precision: PrecisionOption = "keep",
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Replace a class of a model (its VAE, CLIP, UNET) with the one from another file."""
+    dtype = precision_dtype(precision)
+    with open_model(target) as model, open_model(source) as donor:
+        plan = operations.replace(model, cls, donor, component, dtype)
+        suffix = COMPONENT_SUFFIX.get(cls.split("-")[0], cls.lower())
+        name = _free_name(target.parent, f"{_stem(target)}-new-{suffix}", ".safetensors")
+        _write(plan, output or name, [target, source], overwrite, as_json, target.stat().st_size)
+
+
+@app.command()
+def build(
+    arch: Annotated[str, typer.Argument(metavar="ARCH", help="SD-v1, SD-v2, SD-XL, ...")],
+    part: Annotated[
+        list[str], typer.Option(help="CLASS=FILE, or CLASS=FILE:COMPONENT; once per class.")
+    ],
+    output: OutputOption = None,
+    precision: PrecisionOption = "keep",
+    allow_partial: Annotated[bool, typer.Option(help="Allow missing classes.")] = False,
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Build a new model of an architecture from components taken from several files."""
+    dtype = precision_dtype(precision)
+    specs = []
+    for item in part:
+        cls, sep, rest = item.partition("=")
+        if not sep or not rest:
+            raise ModelToolkitError(f"--part {item!r}: write CLASS=FILE")
+        path_text, _, component = rest.partition(":")
+        specs.append((cls, Path(path_text), component or None))
+    with ExitStack() as stack:
+        opened = [
+            (cls, stack.enter_context(open_model(path)), component)
+            for cls, path, component in specs
+        ]
+        plan = operations.build(arch, opened, dtype, allow_partial)
+        paths = [path for _, path, _ in specs]
+        folder = paths[0].parent if paths else Path.cwd()
+        target = output or _free_name(folder, arch, ".safetensors")
+        _write(plan, target, paths, overwrite, as_json, sum(p.stat().st_size for p in paths), False)
 
 
 @app.command()

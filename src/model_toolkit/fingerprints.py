@@ -17,6 +17,7 @@ from .architectures.detect import allowed_keys
 from .architectures.registry import load_registry
 from .dtypes import DTYPES, cast
 from .model import TensorRef
+from .plan import PlanEntry
 from .sigmoid import VECTOR_BLOCK, half_tables
 
 UNET_CLASSES = {"UNET-v1", "UNET-v1-Pix2Pix", "UNET-v2", "UNET-v2-Depth"}
@@ -38,7 +39,7 @@ class Metric:
         return {"string": self.string, "unet": self.unet, "vae": self.vae, "clip": self.clip}
 
 
-def tensor_metric(ref: TensorRef) -> np.float32:
+def tensor_metric(ref: TensorRef | PlanEntry) -> np.float32:
     """`torch.sum(torch.sigmoid(t.half().float()) - 0.5)` for one tensor, as a float32."""
     vector_table, scalar_table = half_tables()
     total = ref.numel
@@ -91,7 +92,7 @@ def compute_metric(analysis: Analysis) -> Metric:
 
     unet_keys, vae_keys, clip_keys = keys(UNET_CLASSES), keys(VAE_CLASSES), keys(CLIP_CLASSES)
     sums = {"unet": np.float32(0), "vae": np.float32(0), "clip": np.float32(0)}
-    for name, ref in analysis.model.tensors.items():
+    for name, ref in analysis.tensors.items():
         key = detection.keys[name]
         if key in unet_keys:
             sums["unet"] = np.float32(sums["unet"] + tensor_metric(ref))
@@ -131,7 +132,7 @@ def broken_position_ids(analysis: Analysis) -> dict[str, list[int]]:
     """For each CLIP position ids tensor: the indices whose id, as int64, is not 0..76."""
     result = {}
     for name in analysis.position_ids:
-        ids = analysis.model.tensors[name].read().reshape(-1)
+        ids = analysis.tensors[name].read().reshape(-1)
         if ids.dtype.kind == "f" or ids.dtype.name == "bfloat16":
             ids = ids.astype(np.float64)
         as_int = np.trunc(ids).astype(np.int64) if ids.dtype.kind == "f" else ids.astype(np.int64)

@@ -39,8 +39,34 @@ class PlanEntry:
         return self.source.shape
 
     @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
+        return self.numel * self.dtype.itemsize
+
+    def read(self) -> np.ndarray:
+        """All output values at once (for small tensors: position ids)."""
+        chunks = [chunk.copy() for chunk in self.iter_chunks()]
+        flat = np.concatenate(chunks) if chunks else np.zeros(0, self.dtype.numpy)
+        return flat.reshape(self.shape)
+
+    def renamed(self, name: str) -> PlanEntry:
+        return PlanEntry(name, self.source, self.dtype, self.transform)
+
+    def cast_to(self, dtype: DType) -> PlanEntry:
+        """The same values in another dtype; a cast already planned is kept, then this one."""
+        if dtype == self.dtype:
+            return self
+        if self.is_copy:
+            return PlanEntry(self.name, self.source, dtype)
+        earlier = self
+
+        def chained(chunk: np.ndarray, start: int) -> np.ndarray:
+            return earlier._convert(chunk, start)
+
+        return PlanEntry(self.name, self.source, dtype, chained)
 
     @property
     def is_copy(self) -> bool:
@@ -85,6 +111,8 @@ class Plan:
 
     entries: list[PlanEntry]
     metadata: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # the file the plan mostly comes from, for reports and default names
+    warnings: list[str] = field(default_factory=list)  # what the user must know (partial model)
 
     @property
     def nbytes(self) -> int:

@@ -107,13 +107,13 @@ def _abbreviated(items: list[str], full: bool) -> list[str]:
 
 def advanced_report(analysis: Analysis, findings: Findings, full: bool = False) -> str:
     metric = findings.metric.string if findings.metric else "----/----/----"
-    model = analysis.model
+    tensors = analysis.tensors
     lines = [f"Report ({metric})", "", "Statistics"]
 
     def total(names: list[str]) -> str:
-        return f"{len(names)} ({size_text(sum(model.tensors[n].nbytes for n in names))})"
+        return f"{len(names)} ({size_text(sum(tensors[n].nbytes for n in names))})"
 
-    stats = [f"Total keys: {total(list(model.tensors))}"]
+    stats = [f"Total keys: {total(list(tensors))}"]
     if analysis.useless_keys:
         stats.append(f"Useless keys: {total(analysis.useless_keys)}")
     if analysis.unknown_keys:
@@ -142,8 +142,7 @@ def advanced_report(analysis: Analysis, findings: Findings, full: bool = False) 
     if analysis.unknown_keys:
         lines += ["", "Unknown"]
         unknown = [
-            f"{n} [{','.join(map(str, model.tensors[n].shape))}]"
-            for n in sorted(analysis.unknown_keys)
+            f"{n} [{','.join(map(str, tensors[n].shape))}]" for n in sorted(analysis.unknown_keys)
         ]
         lines += [f"- {item}" for item in _abbreviated(unknown, full)]
     return "\n".join(lines) + "\n"
@@ -153,8 +152,8 @@ def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
     detection = analysis.detection
     broken = findings.broken_position_ids
     return {
-        "path": str(analysis.model.path),
-        "format": analysis.model.format,
+        "path": analysis.path,
+        "format": analysis.format,
         "architecture": detection.resolved,
         "candidates": detection.candidates,
         "components": detection.components,

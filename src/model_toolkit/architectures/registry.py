@@ -24,6 +24,7 @@ class Component:
     prefix: str  # what the keys carry inside a full checkpoint
     keys: frozenset[Key]  # every key the component may have, without prefix
     required: frozenset[Key]  # the keys it must have
+    ema_of: str | None = None  # an EMA copy: the component it copies, keys without their dots
 
     def keyset(self, prefixed: bool, required_only: bool = False) -> frozenset[Key]:
         keys = self.required if required_only else self.keys
@@ -74,7 +75,9 @@ def load_registry() -> Registry:
         keys = frozenset(keylists.load(spec["keys"]))
         absent_ok = set(spec.get("optional", []))
         required = frozenset(k for k in keys if k[0] not in absent_ok)
-        components[name] = Component(name, spec["class"], spec["prefix"], keys, required)
+        components[name] = Component(
+            name, spec["class"], spec["prefix"], keys, required, spec.get("ema_of")
+        )
         for key, shape in keys:
             if -1 in shape:
                 free_shapes[key] = shape

@@ -1,5 +1,9 @@
 """Operations: each takes an opened model (or a Plan) and returns a Plan. Nothing is read here."""
 
+from .build import build
 from .convert import convert
+from .extract import extract
+from .prune import prune
+from .replace import replace
 
-__all__ = ["convert"]
+__all__ = ["build", "convert", "extract", "prune", "replace"]

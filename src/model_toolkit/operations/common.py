@@ -1,0 +1,163 @@
+"""What the operations share: sources, finding a component, the fix-ups, the record.
+
+Every operation takes an opened file or a Plan (the output of another operation), so that
+operations compose without reading a tensor: only the final write does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis import Analysis
+from ..architectures.registry import Component, load_registry
+from ..dtypes import DTYPES, DType, target_dtype
+from ..errors import UsageError
+from ..model import ModelFile, TensorRef
+from ..plan import Plan, PlanEntry
+from ..version import __version__
+
+Source = ModelFile | Plan
+HISTORY_KEY = "modeltoolkit.history"
+
+
+def source_name(source: Source) -> str:
+    from pathlib import Path
+
+    origin = source.origin if isinstance(source, Plan) else str(source.path)
+    return Path(origin).name if origin else "the model"
+
+
+def entries_of(source: Source) -> dict[str, PlanEntry]:
+    """Every tensor of a source as a plan entry that copies it."""
+    if isinstance(source, Plan):
+        return {entry.name: entry for entry in source.entries}
+    return {name: PlanEntry(name, ref, ref.dtype) for name, ref in source.tensors.items()}
+
+
+def metadata_of(source: Source) -> dict[str, object]:
+    return dict(source.metadata)
+
+
+def origin_of(source: Source) -> str:
+    return source.origin if isinstance(source, Plan) else str(source.path)
+
+
+def check_class(cls: str) -> None:
+    registry = load_registry()
+    classes = sorted({c.cls for c in registry.components.values()})
+    if cls not in classes:
+        raise UsageError(f"unknown class {cls!r}; classes are: {', '.join(classes)}")
+
+
+@dataclass(frozen=True)
+class Found:
+    """A component located in a source: where its keys are and what they will be called."""
+
+    component: Component
+    prefixed: bool  # its keys carry the component's prefix in the source
+
+    @property
+    def output_component(self) -> Component:
+        """An EMA copy comes out as the component it copies (keys with dots)."""
+        registry = load_registry()
+        return registry.components[self.component.ema_of or self.component.name]
+
+
+def find_component(analysis: Analysis, cls: str, component: str | None, name: str) -> Found:
+    """The component of class `cls` in a source: the named one, or the best one found.
+
+    `cls` may be the class of an EMA copy's original (UNET-v1 finds UNET-v1-EMA only when named).
+    """
+    check_class(cls)
+    registry = load_registry()
+    detection = analysis.detection
+    order = [detection.resolved] if detection.resolved else []
+    order += [a for a in detection.found if a not in order]
+    for arch in order:
+        prefixed = registry.architectures[arch].prefixed
+        for found_cls, members in detection.found[arch].items():
+            if component is not None:
+                if component not in members:
+                    continue
+                spec = registry.components[component]
+                original = registry.components[spec.ema_of] if spec.ema_of else spec
+                if cls not in (spec.cls, original.cls):
+                    raise UsageError(f"{component} is a {spec.cls}, not a {cls}")
+                return Found(spec, prefixed)
+            if found_cls == cls:
+                from ..architectures.detect import resolve_class
+
+                chosen = resolve_class(members, registry)[0]
+                return Found(registry.components[chosen], prefixed)
+    wanted = component or cls
+    raise UsageError(f"{name} does not contain a {wanted}")
+
+
+def component_entries(
+    found: Found, analysis: Analysis, entries: dict[str, PlanEntry]
+) -> list[tuple[str, PlanEntry]]:
+    """(key without prefix, entry) for each tensor of a found component, in source order.
+
+    An EMA copy's keys get their dots back (`input_blocks00weight` -> `input_blocks.0.0.weight`).
+    """
+    component = found.component
+    prefix = component.prefix if found.prefixed else ""
+    wanted = {prefix + key: (key, shape) for key, shape in component.keys}
+    dotted = {}
+    if component.ema_of:
+        dotted = {k.replace(".", ""): k for k, _ in found.output_component.keys}
+    result = []
+    for name, entry in entries.items():
+        if name in wanted and analysis.detection.keys[name] == (name, wanted[name][1]):
+            key = wanted[name][0]
+            result.append((dotted.get(key, key), entry))
+    return result
+
+
+def position_ids_entry(entry: PlanEntry, fix_clip: bool) -> PlanEntry:
+    """CLIP position ids as int64, as the original toolkit writes them: rewritten to 0..76 with
+    fix_clip, else the stored values converted (a float copy truncates, as torch's .to does)."""
+    i64 = DTYPES["I64"]
+    if fix_clip:
+        ids = np.arange(entry.numel, dtype=np.int64).reshape(entry.shape)
+        return PlanEntry(entry.name, TensorRef.from_array(entry.name, ids, i64), i64)
+    return (
+        entry.cast_to(i64)
+        if entry.dtype.is_float
+        else PlanEntry(entry.name, entry.source, i64, entry.transform)
+    )
+
+
+def finish(
+    entry: PlanEntry, name: str, precision: DType | None, is_position_ids: bool, fix_clip: bool
+) -> PlanEntry:
+    """Rename, fix position ids, cast floats to the precision."""
+    entry = entry.renamed(name)
+    if is_position_ids:
+        return position_ids_entry(entry, fix_clip)
+    return entry.cast_to(target_dtype(entry.dtype, precision))
+
+
+def record(metadata: dict[str, object], operation: dict[str, object]) -> dict[str, object]:
+    """Add what was done to the `modeltoolkit.history` metadata entry (a JSON list)."""
+    metadata = dict(metadata)
+    history = metadata.get(HISTORY_KEY, "[]")
+    try:
+        steps = json.loads(history) if isinstance(history, str) else list(history)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        steps = []
+    steps.append(operation)
+    metadata[HISTORY_KEY] = json.dumps(steps)
+    metadata["modeltoolkit.version"] = __version__
+    return metadata
+
+
+def precision_name(precision: DType | None) -> str:
+    from ..dtypes import PRECISIONS
+
+    if precision is None:
+        return "keep"
+    return next(word for word, name in PRECISIONS.items() if name == precision.name)

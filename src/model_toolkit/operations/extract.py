@@ -1,0 +1,47 @@
+"""extract: one component as a standalone file, its prefix removed."""
+
+from __future__ import annotations
+
+from ..analysis import analyze
+from ..dtypes import DType
+from ..plan import Plan
+from .common import (
+    Source,
+    component_entries,
+    entries_of,
+    find_component,
+    finish,
+    origin_of,
+    precision_name,
+    record,
+    source_name,
+)
+
+POSITION_IDS = "embeddings.position_ids"
+
+
+def extract(
+    source: Source,
+    cls: str,
+    component: str | None = None,
+    precision: DType | None = None,
+    fix_clip: bool = False,
+) -> Plan:
+    """The original's Export: the component of class `cls` (the best one, or the named one),
+    keys without prefix. An EMA UNET comes out as a normal UNET, its keys' dots restored."""
+    name = source_name(source)
+    analysis = analyze(source)
+    found = find_component(analysis, cls, component, name)
+    entries = entries_of(source)
+    planned = [
+        finish(entry, key, precision, key == POSITION_IDS, fix_clip)
+        for key, entry in component_entries(found, analysis, entries)
+    ]
+    operation = {
+        "op": "extract",
+        "class": cls,
+        "component": found.component.name,
+        "precision": precision_name(precision),
+        "from": name,
+    }
+    return Plan(planned, record(source.metadata, operation), origin_of(source))

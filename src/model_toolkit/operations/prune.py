@@ -1,0 +1,57 @@
+"""prune: keep what the architecture allows, at the chosen precision, with the fixes applied."""
+
+from __future__ import annotations
+
+from ..analysis import analyze, nai_rename
+from ..architectures.detect import allowed_keys
+from ..architectures.registry import load_registry
+from ..dtypes import DTYPES, DType
+from ..errors import UsageError
+from ..plan import Plan
+from .common import Source, entries_of, finish, origin_of, precision_name, record, source_name
+
+FP16 = DTYPES["F16"]
+
+
+def prune(
+    source: Source, precision: DType | None = FP16, keep_ema: bool = False, fix_clip: bool = False
+) -> Plan:
+    """The original toolkit's Save: the resolved architecture's keys (its components' and the
+    optional scheduler buffers), junk and EMA dropped (EMA kept on request), NAI CLIP names
+    renamed, position ids made int64 (0..76 with fix_clip), floats cast to `precision`.
+
+    A partial model (`*-BROKEN`) keeps every complete component found in it, with a warning.
+    """
+    name = source_name(source)
+    analysis = analyze(source, precision, keep_ema)
+    arch = analysis.architecture
+    if arch is None:
+        raise UsageError(f"{name}: model type could not be identified; nothing to prune")
+    registry = load_registry()
+    kept = set(analysis.kept_keys)
+    warnings = []
+    if registry.architectures[arch].partial:
+        found = analysis.detection.found
+        parts = [cls for candidate in found for cls in found[candidate]]
+        for candidate, by_class in found.items():
+            keys = allowed_keys(candidate, by_class, registry)
+            kept |= {n for n, key in analysis.detection.keys.items() if key in keys}
+        warnings.append(
+            f"{name} is a partial model: it has only {', '.join(parts)}; all of them are kept"
+        )
+    entries = entries_of(source)
+    position_ids = set(analysis.position_ids)
+    planned = [
+        finish(entry, nai_rename(n), precision, n in position_ids, fix_clip)
+        for n, entry in entries.items()
+        if n in kept
+    ]
+    operation = {
+        "op": "prune",
+        "architecture": arch,
+        "precision": precision_name(precision),
+        "keep_ema": keep_ema,
+        "fix_clip": fix_clip,
+        "from": name,
+    }
+    return Plan(planned, record(source.metadata, operation), origin_of(source), warnings)

@@ -1,0 +1,69 @@
+"""replace: swap a class of a model for the one in another file (a component or a full model)."""
+
+from __future__ import annotations
+
+from ..analysis import analyze
+from ..architectures.registry import load_registry
+from ..dtypes import DType, target_dtype
+from ..errors import UsageError
+from ..plan import Plan
+from .common import (
+    Source,
+    check_class,
+    component_entries,
+    entries_of,
+    find_component,
+    origin_of,
+    record,
+    source_name,
+)
+
+
+def replace(
+    target: Source,
+    cls: str,
+    source: Source,
+    component: str | None = None,
+    precision: DType | None = None,
+) -> Plan:
+    """The original's Import: every tensor of `target`'s class `cls` removed, the component of
+    that class from `source` added under the names `target`'s architecture uses."""
+    check_class(cls)
+    registry = load_registry()
+    target_name, source_name_ = source_name(target), source_name(source)
+    target_analysis = analyze(target)
+    arch_name = target_analysis.architecture
+    if arch_name is None:
+        raise UsageError(f"{target_name}: model type could not be identified")
+    arch = registry.architectures[arch_name]
+    if cls not in arch.classes:
+        raise UsageError(f"{arch_name} cannot contain {cls}")
+    source_analysis = analyze(source)
+    found = find_component(source_analysis, cls, component, source_name_)
+    incoming = found.output_component
+    if incoming.cls != cls:
+        raise UsageError(f"{arch_name} cannot contain {incoming.cls}")
+
+    old = set()
+    for spec in registry.components.values():
+        if spec.cls == cls:
+            old |= spec.keyset(arch.prefixed)
+    kept = [
+        entry
+        for name, entry in entries_of(target).items()
+        if target_analysis.detection.keys[name] not in old
+    ]
+    prefix = incoming.prefix if arch.prefixed else ""
+    added = [
+        entry.renamed(prefix + key)
+        for key, entry in component_entries(found, source_analysis, entries_of(source))
+    ]
+    planned = [e.cast_to(target_dtype(e.dtype, precision)) for e in kept + added]
+    operation = {
+        "op": "replace",
+        "class": cls,
+        "component": found.component.name,
+        "from": source_name_,
+        "into": target_name,
+    }
+    return Plan(planned, record(target.metadata, operation), origin_of(target))
