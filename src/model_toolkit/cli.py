@@ -177,6 +177,7 @@ def _write(
     overwrite: bool,
     as_json: bool,
     input_bytes: int,
+    report_saving: bool = True,
 ) -> None:
     """Write a plan and say what was written: one line, or a JSON summary."""
     if not overwrite and any(output.resolve() == p.resolve() for p in inputs):
@@ -203,10 +204,8 @@ def _write(
         )
     else:
         saved = input_bytes - size
-        typer.echo(
-            f"wrote {output} ({_human(size)}, "
-            + (f"saved {_human(saved)})" if saved > 0 else f"was {_human(input_bytes)})")
-        )
+        detail = f", saved {_human(saved)}" if report_saving and saved > 0 else ""
+        typer.echo(f"wrote {output} ({_human(size)}{detail})")
 
 
 OutputOption = Annotated[
@@ -314,7 +313,9 @@ def replace(
         plan = operations.replace(model, cls, donor, component, dtype)
         suffix = COMPONENT_SUFFIX.get(cls.split("-")[0], cls.lower())
         name = _free_name(target.parent, f"{_stem(target)}-new-{suffix}", ".safetensors")
-        _write(plan, output or name, [target, source], overwrite, as_json, target.stat().st_size)
+        _write(
+            plan, output or name, [target, source], overwrite, as_json, target.stat().st_size, False
+        )
 
 
 @app.command()

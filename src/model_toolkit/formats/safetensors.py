@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -165,5 +166,12 @@ def write(plan: Plan, out: BinaryIO, progress: Progress, chunk_bytes: int) -> No
         raise FormatError("the plan has duplicate tensor names")
     out.write(header_bytes(plan))
     for chunk in plan.iter_output(chunk_bytes):
-        out.write(chunk.view(np.uint8))
+        raw = chunk.view(np.uint8)
+        if raw.any():
+            out.write(raw)
+        else:
+            # All-zero bytes become a hole: the file reads back the same, and a sparse input
+            # (or a model full of zero tensors) does not cost its size in writes.
+            out.seek(len(raw), os.SEEK_CUR)
         progress(chunk.nbytes)
+    out.truncate()  # the file ends where the data ends, even after a trailing hole
