@@ -1,7 +1,7 @@
 """Benchmark: `mtk` against the physical floor (cat / cp of the same bytes), time and peak memory.
 
     python bench/run.py            # full size: SD1 fp32 .ckpt with EMA (~7.2 GiB), SDXL fp16
-    python bench/run.py --quick    # the small demo model: a smoke test for CI
+    python bench/run.py --quick    # inputs with dimensions divided by 16: a smoke test for CI
 
 Inputs are built once (real key names and shapes, random values) and cached in bench/.cache.
 Each case runs `mtk` as a child process several times; the table shows the median wall time,

@@ -6,11 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import model_toolkit as mtk
-from conftest import assert_same_tensors
+
+IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 
 
 def mtk_run(*args, cwd=None):
@@ -55,39 +58,44 @@ def test_keys_text_and_json(tmp_path):
     ]
 
 
-def test_demo_then_convert_to_fp16_safetensors(tmp_path):
-    """The README's first command, step by step."""
+def test_demo_then_prune(tmp_path):
+    """The README's first command, step by step: a bloated SD-v1, pruned to 2 GiB."""
     demo = mtk_run("demo", cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr
-    assert (tmp_path / "demo.ckpt").exists()
-    original = torch.load(tmp_path / "demo.ckpt", weights_only=True)
-    assert original["global_step"] == 470000
-    state = original["state_dict"]
-    assert sum(k.startswith("model_ema.") for k in state) == 688
-    assert (
-        state["cond_stage_model.transformer.text_model.embeddings.position_ids"].dtype
-        == torch.float32
-    )
+    path = tmp_path / "demo.safetensors"
+    assert path.stat().st_size > 7 * 2**30  # a real SD-v1 with EMA in fp32...
+    assert path.stat().st_blocks * 512 < 64 * 2**20  # ...that costs a few MB of disk
+    with safe_open(path, "pt") as handle:
+        names = list(handle.keys())
+        assert sum(k.startswith("model_ema.diffusion_model") for k in names) == 686
+        ids = handle.get_tensor(IDS)
+        assert ids.dtype == torch.float32 and ids[0, 76].item() == pytest.approx(75.99998)
+        bias = handle.get_tensor("model.diffusion_model.out.2.bias")
+        assert bias.abs().sum() > 0  # small tensors hold random values
 
-    result = mtk_run(
-        "convert", "demo.ckpt", "demo.safetensors", "--precision", "fp16", cwd=tmp_path
-    )
+    report = json.loads(mtk_run("inspect", path, "--json", "--no-metric").stdout)
+    assert report["architecture"] == "SD-v1"
+    result = mtk_run("prune", "demo.safetensors", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("wrote demo.safetensors")
-    converted = load_file(tmp_path / "demo.safetensors")
-    expected = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    assert_same_tensors(converted, expected)
+    assert result.stdout.startswith("wrote demo-pruned.safetensors (1.99 GiB, saved 5.19 GiB)")
+    with safe_open(tmp_path / "demo-pruned.safetensors", "pt") as handle:
+        assert not any(k.startswith("model_ema.diffusion_model") for k in handle.keys())  # noqa: SIM118
+        assert handle.get_tensor(IDS).tolist()[0][76] == 75  # int64, as the original rounds
+        assert torch.equal(handle.get_tensor("model.diffusion_model.out.2.bias"), bias.half())
     assert mtk_run("demo", cwd=tmp_path).returncode == 2  # exists: kept
 
 
 def test_convert_refuses_to_replace_its_input(tmp_path):
     path = tmp_path / "m.safetensors"
-    mtk_run("demo", path)
+    save_file({"w": torch.randn(4, 4), "ids": torch.arange(3)}, path)
     result = mtk_run("convert", path, path)
     assert result.returncode == 2
     assert "use --overwrite" in result.stderr
     assert mtk_run("convert", path, path, "--precision", "fp16", "--overwrite").returncode == 0
-    assert all(t.dtype in (torch.float16, torch.int32) for t in load_file(path).values())
+    assert {n: t.dtype for n, t in load_file(path).items()} == {
+        "w": torch.float16,
+        "ids": torch.int64,
+    }
 
 
 def test_bad_arguments_exit_2(tmp_path):

@@ -353,16 +353,20 @@ def build(
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Argument(help="Where to write the demo checkpoint.")] = Path(
-        "demo.ckpt"
+    output: Annotated[Path, typer.Argument(help="Where to write the demo model.")] = Path(
+        "demo.safetensors"
     ),
-    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
-    """Write the built-in demo model: a small, bloated SD-v1-style fp32 checkpoint with EMA."""
+    """Write the built-in demo model: a bloated SD-v1 (fp32, EMA, junk, broken position ids)."""
     from .demo import write_demo
 
     path = write_demo(output, overwrite=overwrite)
-    typer.echo(f"wrote {path} ({_human(path.stat().st_size)}): a demo SD-v1-style checkpoint")
+    used = path.stat().st_blocks * 512
+    typer.echo(
+        f"wrote {path}: a demo SD-v1 of {_human(path.stat().st_size)} "
+        f"({_human(used)} on disk: its zero weights are holes)"
+    )
 
 
 def main() -> None:

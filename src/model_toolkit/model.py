@@ -29,9 +29,10 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024  # large enough for few syscalls, small en
 class FileData:
     """An open model file: positional reads with `os.preadv` and one lazily created mmap.
 
-    Chunked reads use preadv into a reused buffer rather than the mmap: pages read through a
-    mapping stay in the process's resident set until unmapped, which would make the peak RSS of
-    a write grow with the model. The mmap serves `read()`, which returns arrays backed by it.
+    Chunked reads use preadv into a fresh buffer per chunk rather than the mmap: pages read
+    through a mapping stay in the process's resident set until unmapped, which would make the
+    peak RSS of a write grow with the model. The mmap serves `read()`, which returns arrays
+    backed by it.
     """
 
     def __init__(self, path: Path) -> None:
@@ -104,6 +105,7 @@ class Storage:
     nbytes: int
     member: str | None = None  # name of a compressed zip entry; None: raw bytes in the file
     buffer: bytes | None = None  # the bytes themselves, for a memory storage
+    zero: bool = False  # all zeros, held nowhere (the demo model's untrained weights)
 
     def stream(self, start: int, length: int, chunk: int) -> Iterator[bytes]:
         """Bytes [start, start+length) of a compressed entry, decompressed as a stream."""
@@ -144,6 +146,12 @@ class TensorRef:
         """A tensor whose values are held in memory rather than in a file."""
         raw = np.ascontiguousarray(array, dtype=dtype.numpy).tobytes()
         return cls(name, dtype, tuple(array.shape), Storage(None, 0, len(raw), buffer=raw))
+
+    @classmethod
+    def zeros(cls, name: str, shape: tuple[int, ...], dtype: DType) -> TensorRef:
+        """A tensor of zeros that costs no memory until read, chunk by chunk."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        return cls(name, dtype, tuple(shape), Storage(None, 0, nbytes, zero=True))
 
     @property
     def numel(self) -> int:
@@ -200,6 +208,10 @@ class TensorRef:
             yield from self._strided_chunks(per_chunk)
             return
         start = self.storage_offset * itemsize
+        if self.storage.zero:
+            for first in range(0, self.numel, per_chunk):
+                yield np.zeros(min(per_chunk, self.numel - first), self.dtype.numpy)
+            return
         if self.storage.buffer is not None:
             values = np.frombuffer(
                 self.storage.buffer, self._numpy_dtype(), self.numel, self.storage.offset + start
