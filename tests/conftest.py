@@ -132,3 +132,26 @@ def shapes_of(entries):
 
 def with_prefix(entries, prefix):
     return [(prefix + name, shape) for name, shape in entries]
+
+
+def peak_rss_kib(plan_expression: str, source, output) -> int:
+    """Run `write_plan(<plan_expression>)` in a fresh Python and return its peak RSS in KiB.
+
+    `plan_expression` sees the opened source as `f` and the package as `m`. The peak is VmHWM,
+    not ru_maxrss: Linux carries ru_maxrss across exec, so a child forked from this (torch-sized)
+    pytest process would report pytest's peak.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        "import model_toolkit as m, sys\n"
+        "with m.open(sys.argv[1]) as f:\n"
+        f"    m.write_plan({plan_expression}, sys.argv[2])\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(source), str(output)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)

@@ -218,15 +218,20 @@ def test_float64_wastes_three_quarters(tmp_path):
         assert analysis.sizes.precision_waste == model.nbytes * 3 // 4
 
 
-def mtk_json(*args):
+def inspect_text(*args):
+    """`mtk inspect ARGS` as a user runs it: its standard output."""
     result = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", *map(str, args), "--json"],
+        [sys.executable, "-m", "model_toolkit", "inspect", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return result.stdout
+
+
+def mtk_json(*args):
+    return json.loads(inspect_text(*args, "--json"))
 
 
 def test_inspect_json_fields(tmp_path):
@@ -266,11 +271,7 @@ def test_no_metric_reads_no_tensor_data(tmp_path, monkeypatch):
 def test_basic_and_advanced_reports(tmp_path):
     entries = SD1 + EMA + [("lora_unet_down.weight", (4, 320))]
     path = write_sparse_safetensors(tmp_path / "m.safetensors", entries, dtype="F32")
-    basic = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", str(path), "--no-metric"],
-        capture_output=True,
-        text=True,
-    ).stdout
+    basic = inspect_text(str(path), "--no-metric")
     assert "Model is 7.17 GB." in basic
     assert "Multiple model types identified: SD-v1, EMA-v1." in basic
     assert "Model type SD-v1 will be used." in basic
@@ -278,11 +279,7 @@ def test_basic_and_advanced_reports(tmp_path):
     assert "Contains 3.20 GB of junk data!" in basic
     assert "Wastes 1.99 GB on precision." in basic
     assert "Model can be pruned to 1.99 GB." in basic
-    advanced = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", str(path), "--no-metric", "--advanced"],
-        capture_output=True,
-        text=True,
-    ).stdout
+    advanced = inspect_text(str(path), "--no-metric", "--advanced")
     assert (
         "Total keys: 1820 (7.17 GB), Useless keys: 686 (3.20 GB), Unknown keys: 1 (5.00 KB)."
         in advanced
@@ -295,11 +292,7 @@ def test_basic_and_advanced_reports(tmp_path):
 
 def test_unidentified_file_report(tmp_path):
     path = write_sparse_safetensors(tmp_path / "x.safetensors", [("a", (2,))])
-    out = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", str(path)],
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = inspect_text(str(path))
     assert out == "Report (----/----/----)\n\nModel type could not be identified.\n"
 
 
@@ -327,10 +320,6 @@ def test_checkpoints_identify_like_safetensors(tmp_path):
 
 def test_ema_report_mentions_the_dots(tmp_path):
     path = write_sparse_safetensors(tmp_path / "ema.safetensors", EMA)
-    out = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", str(path), "--no-metric"],
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = inspect_text(str(path), "--no-metric")
     assert "Model type identified as EMA-v1." in out
     assert "EMA UNET keys have their dots removed" in out

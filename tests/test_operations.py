@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 import model_toolkit as mtk
-from conftest import as_bytes, key_list, with_prefix, write_sparse_safetensors
+from conftest import as_bytes, key_list, peak_rss_kib, with_prefix, write_sparse_safetensors
 from model_toolkit.architectures import keylists
 from model_toolkit.operations import build, extract, prune, replace
 
@@ -346,16 +346,17 @@ def test_safetensors_metadata_is_kept(tmp_path):
 def test_prune_memory_is_bounded(tmp_path):
     """Pruning a 7 GiB fp32 checkpoint with EMA: peak RSS stays far below the model's size."""
     source = write_sparse_safetensors(tmp_path / "big.safetensors", SD1 + EMA, dtype="F32")
-    script = (
-        "import model_toolkit as m, sys\n"
-        "with m.open(sys.argv[1]) as f:\n"
-        "    m.write_plan(m.operations.prune(f), sys.argv[2])\n"
-        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(source), str(tmp_path / "out.safetensors")],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    assert int(result.stdout) < 300 * 1024  # KiB
+    peak = peak_rss_kib("m.operations.prune(f)", source, tmp_path / "out.safetensors")
+    assert peak < 300 * 1024  # KiB
+
+
+def test_replace_unet_with_the_ema_copy(tmp_path, sd1_file):
+    """`--component UNET-v1-EMA` for class UNET-v1: the EMA weights become the UNET."""
+    source, _ = sd1_file
+    with mtk.open(source) as model, mtk.open(source) as donor:
+        plan = replace(model, "UNET-v1", donor, "UNET-v1-EMA")
+        out = mtk.write_plan(prune(plan, mtk.precision_dtype("keep")), tmp_path / "o.safetensors")
+    with safe_open(source, "pt") as src, safe_open(out, "pt") as result:
+        for key, _ in keylists.load("UNET-v1-SD")[:40]:
+            ema = src.get_tensor("model_ema.diffusion_model" + key.replace(".", ""))
+            assert as_bytes(result.get_tensor("model.diffusion_model." + key)) == as_bytes(ema)

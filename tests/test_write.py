@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import model_toolkit as mtk
-from conftest import ALL_DTYPES, as_bytes, assert_same_tensors, sample_tensor
+from conftest import ALL_DTYPES, as_bytes, assert_same_tensors, peak_rss_kib, sample_tensor
 from model_toolkit.plan import PlanEntry
 
 
@@ -191,21 +191,7 @@ def test_write_memory_is_bounded_by_the_chunk(tmp_path):
     with open(source, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)) + raw)
         handle.truncate(8 + len(raw) + count * size)
-    script = (
-        "import model_toolkit as m, sys\n"
-        "with m.open(sys.argv[1]) as f:\n"
-        "    m.write_plan(m.convert(f, m.precision_dtype('fp16')), sys.argv[2])\n"
-        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child forked from
-        # this (torch-sized) pytest process would report pytest's peak.
-        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(source), str(tmp_path / "o.pt")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    peak_kib = int(result.stdout.strip())
+    peak_kib = peak_rss_kib("m.convert(f, m.precision_dtype('fp16'))", source, tmp_path / "o.pt")
     assert peak_kib < 200 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB for 768 MiB of data"
     assert os.path.getsize(tmp_path / "o.pt") > count * size // 2
 

@@ -215,6 +215,10 @@ OutputOption = Annotated[
 PrecisionOption = Annotated[str, typer.Option(help=f"Cast floats: {', '.join(PRECISIONS)}.")]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace the output if it exists.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary.")]
+ComponentOption = Annotated[
+    str | None,
+    typer.Option(help="A specific component of the source (default: the best one)."),
+]
 FixClipOption = Annotated[
     bool, typer.Option("--fix-clip", help="Rewrite CLIP position ids to 0..76.")
 ]
@@ -275,9 +279,7 @@ def extract(
     source: Annotated[Path, typer.Argument(help="The model file to take the component from.")],
     cls: Annotated[str, typer.Argument(metavar="CLASS", help="UNET-v1, VAE-v1, CLIP-v1, ...")],
     output: OutputOption = None,
-    component: Annotated[
-        str | None, typer.Option(help="A specific component (default: the best one).")
-    ] = None,
+    component: ComponentOption = None,
     precision: PrecisionOption = "keep",
     fix_clip: FixClipOption = False,
     overwrite: OverwriteOption = False,
@@ -299,9 +301,7 @@ def replace(
     source: Annotated[
         Path, typer.Option("--from", help="A component file, or any model containing the class.")
     ],
-    component: Annotated[
-        str | None, typer.Option(help="A specific component of the source (default: the best one).")
-    ] = None,
+    component: ComponentOption = None,
     output: OutputOption = None,
     precision: PrecisionOption = "keep",
     overwrite: OverwriteOption = False,
