@@ -5,7 +5,8 @@
 Real key names and shapes (the lists kept in tests/data/keys and the package's component data),
 random values: every tensor's bytes are a window of a 256 MiB file of normally distributed
 values, so the inputs are real bytes on disk (not sparse) and are written by our own streaming
-writer without holding a model in memory. `--quick` divides large dimensions by 16.
+writer without holding a model in memory. `--quick` builds small inputs: a VAE-only SD-v1, and
+an SDXL with large dimensions divided by 16.
 """
 
 from __future__ import annotations
@@ -65,16 +66,22 @@ class Builder:
 
 
 def sd1_plan(scale: int) -> Plan:
-    """SD1 fp32 as a training checkpoint: buffers, UNET, EMA, VAE, CLIP, and some junk."""
+    """SD1 fp32 as a training checkpoint: buffers, UNET, EMA, VAE, CLIP, and some junk.
+
+    Quick inputs keep real shapes (identification needs them) but only the VAE's keys: a partial
+    SD-v1 of 320 MiB that every command handles.
+    """
     f32 = DTYPES["F32"]
-    build = Builder(scale)
+    build = Builder(1)
     for name in SCHEDULER_BUFFERS:
         build.add(name, (1000,), f32)
     for name, shape in keylists.load_path(KEYS / "Checkpoint-SD1-LDM.txt"):
-        build.add(name, shape, f32)
-    build.add("model_ema.decay", (), f32)
-    for name, shape in keylists.load("UNET-v1-EMA"):
-        build.add(f"model_ema.diffusion_model{name}", shape, f32)
+        if scale == 1 or name.startswith("first_stage_model."):
+            build.add(name, shape, f32)
+    if scale == 1:
+        build.add("model_ema.decay", (), f32)
+        for name, shape in keylists.load("UNET-v1-EMA"):
+            build.add(f"model_ema.diffusion_model{name}", shape, f32)
     for index in range(4):  # junk left by training scripts
         build.add(f"first_stage_model.loss.discriminator.main.{index}.weight", (64, 64, 4, 4), f32)
     return Plan(build.entries, {"global_step": 470000, "epoch": 6})
