@@ -216,6 +216,7 @@ def test_float64_wastes_three_quarters(tmp_path):
     with mtk.open(path) as model:
         analysis = analyze(model)
         assert analysis.sizes.precision_waste == model.nbytes * 3 // 4
+        assert analyze(model, None).sizes.precision_waste == 0  # --precision keep
 
 
 def inspect_text(*args):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.registry import Key, load_registry
-from .dtypes import DType, target_dtype
+from .dtypes import DTYPES, DType, target_dtype
 from .model import ModelFile, TensorRef
 from .plan import Plan, PlanEntry
 
@@ -75,10 +75,11 @@ def nai_rename(name: str) -> str:
 
 
 def analyze(
-    model: ModelFile | Plan, precision: DType | None = None, keep_ema: bool = False
+    model: ModelFile | Plan, precision: DType | None = DTYPES["F16"], keep_ema: bool = False
 ) -> Analysis:
     """Identify a file, or the output of a plan, and size what pruning to `precision` (fp16 by
-    default) would do. A plan is analysed as the file it would write: operations compose."""
+    default, None: keep) would do. A plan is analysed as the file it would write, so that
+    operations compose."""
     registry = load_registry()
     if isinstance(model, Plan):
         tensors: dict[str, TensorRef | PlanEntry] = {e.name: e for e in model.entries}
@@ -86,10 +87,6 @@ def analyze(
     else:
         tensors = dict(model.tensors)
         path, file_format = str(model.path), model.format
-    if precision is None:
-        from .dtypes import DTYPES
-
-        precision = DTYPES["F16"]
     shapes = {name: ref.shape for name, ref in tensors.items()}
     detection = detect(shapes, registry)
     allowed: set[Key] = set()

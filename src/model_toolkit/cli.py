@@ -241,7 +241,6 @@ def convert(
     dtype = precision_dtype(precision)
     with open_model(source) as model:
         plan = operations.convert(model, dtype)
-        plan.origin = str(source)
         _write(plan, output, [source], overwrite, as_json, source.stat().st_size)
 
 

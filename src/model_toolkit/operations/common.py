@@ -37,10 +37,6 @@ def entries_of(source: Source) -> dict[str, PlanEntry]:
     return {name: PlanEntry(name, ref, ref.dtype) for name, ref in source.tensors.items()}
 
 
-def metadata_of(source: Source) -> dict[str, object]:
-    return dict(source.metadata)
-
-
 def origin_of(source: Source) -> str:
     return source.origin if isinstance(source, Plan) else str(source.path)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from ..dtypes import DType, target_dtype
-from ..model import ModelFile
-from ..plan import Plan, PlanEntry
+from ..plan import Plan
+from .common import Source, entries_of, origin_of
 
 
-def convert(model: ModelFile, precision: DType | None = None) -> Plan:
+def convert(source: Source, precision: DType | None = None) -> Plan:
     """The whole model, in file order; integer tensors (position ids, step counters) untouched."""
     entries = [
-        PlanEntry(name, ref, target_dtype(ref.dtype, precision))
-        for name, ref in model.tensors.items()
+        entry.cast_to(target_dtype(entry.dtype, precision)) for entry in entries_of(source).values()
     ]
-    return Plan(entries, dict(model.metadata))
+    return Plan(entries, dict(source.metadata), origin_of(source))
