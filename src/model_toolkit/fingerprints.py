@@ -2,13 +2,18 @@
 
 The metric (`UUUU/VVVV/CCCC`) sums `sigmoid(w) - 0.5` over the UNET, VAE and CLIP weights, with
 `w` rounded to float16, and compares each sum with SD-v1's. Since every weight is a float16 value,
-a tensor's sum is a histogram of its float16 bit patterns dotted with a 65536-entry table of
-torch-exact sigmoids: one streaming pass, no transcendental function per element.
+a tensor's sum is a lookup of its float16 bit patterns in a 65536-entry table of torch-exact
+sigmoids, summed: one streaming pass, no transcendental function per element.
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -39,32 +44,47 @@ class Metric:
         return {"string": self.string, "unet": self.unet, "vae": self.vae, "clip": self.clip}
 
 
-def tensor_metric(ref: TensorRef | PlanEntry) -> np.float32:
-    """`torch.sum(torch.sigmoid(t.half().float()) - 0.5)` for one tensor, as a float32."""
+def _chunk_sum(chunk: np.ndarray, cut: int) -> float:
+    """sum(sigmoid(x) - 0.5) over a chunk: elements before `cut` take torch's vector path,
+    the rest its scalar path. A NaN weight makes the sum NaN, as it does in torch."""
     vector_table, scalar_table = half_tables()
-    total = ref.numel
-    tail_start = total - total % VECTOR_BLOCK
-    counts = np.zeros(65536, np.int64)
-    tail_counts = np.zeros(65536, np.int64)
+    bits = cast(chunk, DTYPES["F16"]).view(np.uint16)
+    return float(
+        vector_table[bits[:cut]].sum(dtype=np.float64)
+        + scalar_table[bits[cut:]].sum(dtype=np.float64)
+    )
+
+
+def _chunk_jobs(ref: TensorRef | PlanEntry) -> Iterator[Callable[[], float]]:
+    """Read a tensor chunk by chunk (here) and yield each chunk's sum as work for a thread."""
+    tail_start = ref.numel - ref.numel % VECTOR_BLOCK  # torch's last n % 16 go one by one
     position = 0
     for chunk in ref.iter_chunks():
-        bits = cast(chunk, DTYPES["F16"]).view(np.uint16)
-        cut = max(0, min(len(bits), tail_start - position))
-        counts += np.bincount(bits[:cut], minlength=65536)
-        if cut < len(bits):
-            tail_counts += np.bincount(bits[cut:], minlength=65536)
-        position += len(bits)
-    value = counts @ _finite(vector_table) + tail_counts @ _finite(scalar_table)
-    if counts[_NAN_BITS].any() or tail_counts[_NAN_BITS].any():
-        return np.float32(np.nan)  # a NaN weight makes the sum NaN, as it does in torch
-    return np.float32(value)
+        yield partial(_chunk_sum, chunk, max(0, min(len(chunk), tail_start - position)))
+        position += len(chunk)
 
 
-_NAN_BITS = np.isnan(np.arange(65536, dtype=np.uint16).view(np.float16))
+def tensor_metric(ref: TensorRef | PlanEntry) -> np.float32:
+    """`torch.sum(torch.sigmoid(t.half().float()) - 0.5)` for one tensor, as a float32."""
+    return np.float32(sum(job() for job in _chunk_jobs(ref)))
 
 
-def _finite(table: np.ndarray) -> np.ndarray:
-    return np.where(_NAN_BITS, 0.0, table.astype(np.float64))
+def _tensor_sums(refs: list[TensorRef | PlanEntry]) -> list[np.float32]:
+    """tensor_metric of each tensor: chunks are read in order here and summed on all cores
+    meanwhile; at most `workers + 1` chunks are in memory."""
+    workers = min(4, os.cpu_count() or 1)
+    totals = [0.0] * len(refs)
+    with ThreadPoolExecutor(workers, thread_name_prefix="mtk-metric") as pool:
+        pending: deque[tuple[int, Future[float]]] = deque()
+        for index, ref in enumerate(refs):
+            for job in _chunk_jobs(ref):
+                pending.append((index, pool.submit(job)))
+                while len(pending) > workers:
+                    done, future = pending.popleft()
+                    totals[done] += future.result()
+        for done, future in pending:
+            totals[done] += future.result()
+    return [np.float32(total) for total in totals]
 
 
 def _score(total: np.float32, part: str) -> int | None:
@@ -91,15 +111,18 @@ def compute_metric(analysis: Analysis) -> Metric:
         return allowed_keys(detection.resolved, resolved, registry, classes)
 
     unet_keys, vae_keys, clip_keys = keys(UNET_CLASSES), keys(VAE_CLASSES), keys(CLIP_CLASSES)
-    sums = {"unet": np.float32(0), "vae": np.float32(0), "clip": np.float32(0)}
+    parts: list[tuple[str, TensorRef | PlanEntry]] = []
     for name, ref in analysis.tensors.items():
         key = detection.keys[name]
         if key in unet_keys:
-            sums["unet"] = np.float32(sums["unet"] + tensor_metric(ref))
+            parts.append(("unet", ref))
         if key in vae_keys and ("encoder." in name or "decoder." in name):
-            sums["vae"] = np.float32(sums["vae"] + tensor_metric(ref))
+            parts.append(("vae", ref))
         if key in clip_keys and "mlp." in name and ".23." not in name:
-            sums["clip"] = np.float32(sums["clip"] + tensor_metric(ref))
+            parts.append(("clip", ref))
+    sums = {"unet": np.float32(0), "vae": np.float32(0), "clip": np.float32(0)}
+    for (part, _), value in zip(parts, _tensor_sums([ref for _, ref in parts]), strict=True):
+        sums[part] = np.float32(sums[part] + value)  # float32, in file order, as the original
     clip_part = "clip-v1" if "CLIP-v1" in detection.components else "clip"
     scores: dict[str, int | None] = {
         "unet": _score(sums["unet"], "unet") if sums["unet"] != 0 else None,
