@@ -49,12 +49,15 @@ def _main(
 
 
 def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+    """Binary units, as `ls -h` counts them (reports use the original toolkit's own wording)."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.2f} {unit}"
         value /= 1024
-    return f"{size} B"
+    return f"{value:.2f} GiB"
 
 
 @contextmanager
