@@ -8,7 +8,6 @@ sigmoids, summed: one streaming pass, no transcendental function per element.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +21,7 @@ from .architectures.detect import allowed_keys
 from .architectures.registry import load_registry
 from .dtypes import DTYPES, cast
 from .model import TensorRef
-from .plan import PlanEntry
+from .plan import PlanEntry, cast_threads
 from .sigmoid import VECTOR_BLOCK, half_tables
 
 UNET_CLASSES = {"UNET-v1", "UNET-v1-Pix2Pix", "UNET-v2", "UNET-v2-Depth"}
@@ -72,7 +71,7 @@ def tensor_metric(ref: TensorRef | PlanEntry) -> np.float32:
 def _tensor_sums(refs: list[TensorRef | PlanEntry]) -> list[np.float32]:
     """tensor_metric of each tensor: chunks are read in order here and summed on all cores
     meanwhile; at most `workers + 1` chunks are in memory."""
-    workers = min(4, os.cpu_count() or 1)
+    workers = max(1, cast_threads())
     totals = [0.0] * len(refs)
     with ThreadPoolExecutor(workers, thread_name_prefix="mtk-metric") as pool:
         pending: deque[tuple[int, Future[float]]] = deque()

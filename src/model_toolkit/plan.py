@@ -105,6 +105,13 @@ def convert_values(values: np.ndarray, target: DType) -> np.ndarray:
 _ML_FLOATS = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"}
 
 
+def cast_threads() -> int:
+    """Threads that cast: MTK_CAST_THREADS if it is a number (0: cast in the calling thread),
+    else the cores, at most 4 (more only contend for memory bandwidth)."""
+    setting = os.environ.get("MTK_CAST_THREADS", "")
+    return int(setting) if setting.isdigit() else min(4, os.cpu_count() or 1)
+
+
 @dataclass
 class Plan:
     """The output's tensors in order, and its metadata (plain data; strings for safetensors)."""
@@ -128,7 +135,7 @@ class Plan:
         chunks are in flight, so memory stays bounded by the chunk size.
         """
         if workers is None:
-            workers = int(os.environ.get("MTK_CAST_THREADS", min(4, os.cpu_count() or 1)))
+            workers = cast_threads()
         if workers <= 0:
             for entry in self.entries:
                 yield from entry.iter_chunks(chunk_bytes)
