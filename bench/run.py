@@ -116,86 +116,65 @@ def main() -> None:
     scratch.mkdir(exist_ok=True)
     out = scratch / "out"
 
+    ckpt, st, sdxl = inputs["sd1_ckpt"], inputs["sd1_st"], inputs["sdxl_st"]
+
+    def identify(name: str, args: list[str], reads: Path) -> Case:
+        return Case(name, args, reads, None, max_seconds=0.5, max_rss_mib=100)
+
+    def writes(name: str, args: list[str], reads: Path, suffix: str) -> Case:
+        """A case that writes `{out}<suffix>`: within 1.3x the floor, 512 MiB."""
+        args = [a.replace("{out}", f"{{out}}{suffix}") for a in args]
+        return Case(name, args, reads, out.with_suffix(suffix), max_ratio=1.3, max_rss_mib=512)
+
+    fp16 = ["--precision", "fp16"]
     cases = [
-        Case(
-            "identify .ckpt (inspect --no-metric)",
-            ["inspect", str(inputs["sd1_ckpt"]), "--no-metric"],
-            inputs["sd1_ckpt"],
-            None,
-            max_seconds=0.5,
-            max_rss_mib=100,
+        identify(
+            "identify .ckpt (inspect --no-metric)", ["inspect", str(ckpt), "--no-metric"], ckpt
         ),
-        Case(
-            "identify .safetensors (inspect --no-metric)",
-            ["inspect", str(inputs["sd1_st"]), "--no-metric"],
-            inputs["sd1_st"],
-            None,
-            max_seconds=0.5,
-            max_rss_mib=100,
+        identify(
+            "identify .safetensors (inspect --no-metric)", ["inspect", str(st), "--no-metric"], st
         ),
         Case(
             "inspect with metric .safetensors",
-            ["inspect", str(inputs["sd1_st"])],
-            inputs["sd1_st"],
+            ["inspect", str(st)],
+            st,
             None,
             max_ratio=1.5,
             max_rss_mib=512,
         ),
-        Case(
+        writes(
             "prune .ckpt -> fp16 .safetensors",
-            ["prune", str(inputs["sd1_ckpt"]), "-o", "{out}.safetensors"],
-            inputs["sd1_ckpt"],
-            out.with_suffix(".safetensors"),
-            max_ratio=1.3,
-            max_rss_mib=512,
+            ["prune", str(ckpt), "-o", "{out}"],
+            ckpt,
+            ".safetensors",
         ),
-        Case(
+        writes(
             "prune .safetensors -> fp16 .safetensors",
-            ["prune", str(inputs["sd1_st"]), "-o", "{out}.safetensors"],
-            inputs["sd1_st"],
-            out.with_suffix(".safetensors"),
-            max_ratio=1.3,
-            max_rss_mib=512,
+            ["prune", str(st), "-o", "{out}"],
+            st,
+            ".safetensors",
         ),
-        Case(
-            "extract the VAE",
-            ["extract", str(inputs["sd1_st"]), "VAE-v1", "-o", "{out}.safetensors"],
-            inputs["sd1_st"],
-            out.with_suffix(".safetensors"),
-            max_ratio=1.3,
-            max_rss_mib=512,
+        writes(
+            "extract the VAE", ["extract", str(st), "VAE-v1", "-o", "{out}"], st, ".safetensors"
         ),
-        Case(
+        writes(
             "convert .ckpt -> fp16 .safetensors",
-            ["convert", str(inputs["sd1_ckpt"]), "{out}.safetensors", "--precision", "fp16"],
-            inputs["sd1_ckpt"],
-            out.with_suffix(".safetensors"),
-            max_ratio=1.3,
-            max_rss_mib=512,
+            ["convert", str(ckpt), "{out}", *fp16],
+            ckpt,
+            ".safetensors",
         ),
-        Case(
+        writes(
             "convert .safetensors -> fp16 .safetensors",
-            ["convert", str(inputs["sd1_st"]), "{out}.safetensors", "--precision", "fp16"],
-            inputs["sd1_st"],
-            out.with_suffix(".safetensors"),
-            max_ratio=1.3,
-            max_rss_mib=512,
+            ["convert", str(st), "{out}", *fp16],
+            st,
+            ".safetensors",
         ),
-        Case(
-            "convert .safetensors -> .ckpt",
-            ["convert", str(inputs["sd1_st"]), "{out}.ckpt"],
-            inputs["sd1_st"],
-            out.with_suffix(".ckpt"),
-            max_ratio=1.3,
-            max_rss_mib=512,
-        ),
-        Case(
+        writes("convert .safetensors -> .ckpt", ["convert", str(st), "{out}"], st, ".ckpt"),
+        writes(
             "convert SDXL fp16 .safetensors -> .ckpt",
-            ["convert", str(inputs["sdxl_st"]), "{out}.ckpt"],
-            inputs["sdxl_st"],
-            out.with_suffix(".ckpt"),
-            max_ratio=1.3,
-            max_rss_mib=512,
+            ["convert", str(sdxl), "{out}"],
+            sdxl,
+            ".ckpt",
         ),
     ]
 
