@@ -120,7 +120,7 @@ def analyze(
             junk.append(name)
             junk_size += ref.nbytes
 
-    renamed = {name: nai_rename(name) for name in kept if nai_rename(name) != name}
+    renamed = {name: new for name in kept if (new := nai_rename(name)) != name}
     position_ids = []
     if detection.resolved:
         prefixed = registry.architectures[detection.resolved].prefixed

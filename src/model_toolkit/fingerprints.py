@@ -8,9 +8,7 @@ sigmoids, summed: one streaming pass, no transcendental function per element.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,7 +19,7 @@ from .architectures.detect import allowed_keys
 from .architectures.registry import load_registry
 from .dtypes import DTYPES, cast
 from .model import TensorRef
-from .plan import PlanEntry, cast_threads
+from .plan import PlanEntry, cast_threads, run_in_order
 from .sigmoid import VECTOR_BLOCK, half_tables
 
 UNET_CLASSES = {"UNET-v1", "UNET-v1-Pix2Pix", "UNET-v2", "UNET-v2-Depth"}
@@ -63,26 +61,19 @@ def _chunk_jobs(ref: TensorRef | PlanEntry) -> Iterator[Callable[[], float]]:
         position += len(chunk)
 
 
-def tensor_metric(ref: TensorRef | PlanEntry) -> np.float32:
-    """`torch.sum(torch.sigmoid(t.half().float()) - 0.5)` for one tensor, as a float32."""
-    return np.float32(sum(job() for job in _chunk_jobs(ref)))
+def _tagged(index: int, job: Callable[[], float]) -> tuple[int, float]:
+    return index, job()
 
 
 def _tensor_sums(refs: list[TensorRef | PlanEntry]) -> list[np.float32]:
-    """tensor_metric of each tensor: chunks are read in order here and summed on all cores
-    meanwhile; at most `workers + 1` chunks are in memory."""
-    workers = max(1, cast_threads())
+    """`torch.sum(torch.sigmoid(t.half().float()) - 0.5)` of each tensor, as float32: chunks
+    are read in order here and summed on all cores meanwhile."""
     totals = [0.0] * len(refs)
-    with ThreadPoolExecutor(workers, thread_name_prefix="mtk-metric") as pool:
-        pending: deque[tuple[int, Future[float]]] = deque()
-        for index, ref in enumerate(refs):
-            for job in _chunk_jobs(ref):
-                pending.append((index, pool.submit(job)))
-                while len(pending) > workers:
-                    done, future = pending.popleft()
-                    totals[done] += future.result()
-        for done, future in pending:
-            totals[done] += future.result()
+    jobs = (
+        partial(_tagged, index, job) for index, ref in enumerate(refs) for job in _chunk_jobs(ref)
+    )
+    for index, value in run_in_order(jobs, max(1, cast_threads())):
+        totals[index] += value
     return [np.float32(total) for total in totals]
 
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .dtypes import DType, cast
 from .model import DEFAULT_CHUNK_BYTES, TensorRef
+
+T = TypeVar("T")
 
 # A transform gets a chunk of source values and the index of its first element, and returns the
 # replacement values (same length; any dtype, they are converted to the entry's dtype after).
@@ -105,6 +107,26 @@ def convert_values(values: np.ndarray, target: DType) -> np.ndarray:
 _ML_FLOATS = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"}
 
 
+def run_in_order(jobs: Iterable[Callable[[], T]], workers: int) -> Iterator[T]:
+    """The jobs' results in their order, computed by `workers` threads (0: in this thread).
+
+    Jobs are taken from `jobs` in the calling thread (where reading happens, so the disk
+    streams) and at most `workers + 1` are in flight, so memory stays bounded.
+    """
+    if workers <= 0:
+        for job in jobs:
+            yield job()
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="mtk-work") as pool:
+        in_flight: deque[Future[T]] = deque()
+        for job in jobs:
+            in_flight.append(pool.submit(job))
+            while len(in_flight) > workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
 def cast_threads() -> int:
     """Threads that cast: MTK_CAST_THREADS if it is a number (0: cast in the calling thread),
     else the cores, at most 4 (more only contend for memory bandwidth)."""
@@ -136,16 +158,5 @@ class Plan:
         """
         if workers is None:
             workers = cast_threads()
-        if workers <= 0:
-            for entry in self.entries:
-                yield from entry.iter_chunks(chunk_bytes)
-            return
-        with ThreadPoolExecutor(workers, thread_name_prefix="mtk-cast") as pool:
-            in_flight: deque[Future[np.ndarray]] = deque()
-            for entry in self.entries:
-                for job in entry.chunk_jobs(chunk_bytes):
-                    in_flight.append(pool.submit(job))
-                    while len(in_flight) > workers:
-                        yield in_flight.popleft().result()
-            while in_flight:
-                yield in_flight.popleft().result()
+        jobs = (job for entry in self.entries for job in entry.chunk_jobs(chunk_bytes))
+        yield from run_in_order(jobs, workers)

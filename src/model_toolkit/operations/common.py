@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..analysis import Analysis
+from ..architectures.detect import resolve_class
 from ..architectures.registry import Component, load_registry
-from ..dtypes import DTYPES, DType, target_dtype
+from ..dtypes import DTYPES, PRECISIONS, DType, target_dtype
 from ..errors import UsageError
 from ..model import ModelFile, TensorRef
 from ..plan import Plan, PlanEntry
@@ -24,9 +26,7 @@ HISTORY_KEY = "modeltoolkit.history"
 
 
 def source_name(source: Source) -> str:
-    from pathlib import Path
-
-    origin = source.origin if isinstance(source, Plan) else str(source.path)
+    origin = origin_of(source)
     return Path(origin).name if origin else "the model"
 
 
@@ -84,8 +84,6 @@ def find_component(analysis: Analysis, cls: str, component: str | None, name: st
                     raise UsageError(f"{component} is a {spec.cls}, not a {cls}")
                 return Found(spec, prefixed)
             if found_cls == cls:
-                from ..architectures.detect import resolve_class
-
                 chosen = resolve_class(members, registry)[0]
                 return Found(registry.components[chosen], prefixed)
     wanted = component or cls
@@ -120,11 +118,7 @@ def position_ids_entry(entry: PlanEntry, fix_clip: bool) -> PlanEntry:
     if fix_clip:
         ids = np.arange(entry.numel, dtype=np.int64).reshape(entry.shape)
         return PlanEntry(entry.name, TensorRef.from_array(entry.name, ids, i64), i64)
-    return (
-        entry.cast_to(i64)
-        if entry.dtype.is_float
-        else PlanEntry(entry.name, entry.source, i64, entry.transform)
-    )
+    return entry.cast_to(i64)
 
 
 def finish(
@@ -152,8 +146,6 @@ def record(metadata: dict[str, object], operation: dict[str, object]) -> dict[st
 
 
 def precision_name(precision: DType | None) -> str:
-    from ..dtypes import PRECISIONS
-
     if precision is None:
         return "keep"
     return next(word for word, name in PRECISIONS.items() if name == precision.name)
