@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from .formats import open_model
 from .plan import Plan
 from .version import __version__
 from .write import ProgressCallback, write_plan
+
+if TYPE_CHECKING:
+    from .autoprune import Outcome
 
 app = typer.Typer(
     help="Model Toolkit: inspect, prune, convert and repair Stable Diffusion-family model files.",
@@ -351,6 +354,100 @@ def build(
         folder = paths[0].parent if paths else Path.cwd()
         target = output or _free_name(folder, arch, ".safetensors")
         _write(plan, target, paths, overwrite, as_json, sum(p.stat().st_size for p in paths), False)
+
+
+@app.command()
+def autoprune(
+    root: Annotated[
+        Path, typer.Argument(help="The models folder (webui models/ or ComfyUI models/).")
+    ],
+    layout: Annotated[str, typer.Option(help="auto, a1111 or comfyui.")] = "auto",
+    inbox: Annotated[
+        Path | None, typer.Option(help="The inbox (default: ROOT/Autoprune or ROOT/autoprune).")
+    ] = None,
+    folder: Annotated[
+        list[str] | None,
+        typer.Option(help="KIND=DIR: file this kind elsewhere (checkpoint, vae, lora, ...)."),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option(help="Keep running; handle new files as they arrive.")
+    ] = False,
+    precision: PrecisionOption = "fp16",
+    keep_ema: Annotated[bool, typer.Option(help="Keep the EMA weights.")] = False,
+    fix_clip: FixClipOption = False,
+    dry_run: Annotated[bool, typer.Option(help="Say what would happen; change nothing.")] = False,
+    settle: Annotated[
+        float, typer.Option(help="Seconds a file must be unchanged before it is taken.")
+    ] = 2.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Prune every model in the inbox and file it into its folder; bad files go to Failed/."""
+    import signal
+    import threading
+
+    from .autoprune import Autopruner, Options, make_layout
+    from .autoprune import watch as watch_inbox
+
+    folders = {}
+    for item in folder or []:
+        kind, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ModelToolkitError(f"--folder {item!r}: write KIND=DIR")
+        folders[kind] = Path(path)
+    chosen = make_layout(root, layout, inbox, folders)
+    options = Options(precision_dtype(precision), keep_ema, fix_clip, dry_run, settle)
+    stop = threading.Event()
+
+    def interrupt(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        typer.echo("stopping after the current file (Ctrl-C again to abort it)", err=True)
+
+    signal.signal(signal.SIGINT, interrupt)
+    pruner = Autopruner(chosen, options)
+    if not as_json:
+        typer.echo(f"{chosen.inbox} ({chosen.name} layout){' [dry run]' if dry_run else ''}")
+    if watch:
+
+        def show(outcome: Outcome) -> None:
+            typer.echo(json.dumps(outcome.as_dict()) if as_json else _outcome_line(outcome))
+
+        watch_inbox(pruner, stop, show)
+        return
+    outcomes = pruner.run_once(stop)
+    if as_json:
+        summary = {
+            "layout": chosen.name,
+            "inbox": str(chosen.inbox),
+            "dry_run": dry_run,
+            "files": [o.as_dict() for o in outcomes],
+            "saved_bytes": sum(o.saved_bytes for o in outcomes),
+        }
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        for outcome in outcomes:
+            typer.echo(_outcome_line(outcome))
+        filed = [o for o in outcomes if o.status in ("filed", "recovered")]
+        failed = [o for o in outcomes if o.status == "failed"]
+        saved = sum(o.saved_bytes for o in outcomes)
+        typer.echo(
+            f"{len(filed)} filed, {len(failed)} failed, "
+            f"{len(outcomes) - len(filed) - len(failed)} left in the inbox; saved {_human(saved)}"
+        )
+    if any(o.status == "error" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _outcome_line(outcome: Outcome) -> str:
+    """One line per file: what it was and where it went, or why not."""
+    what = f"{outcome.architecture} {outcome.kind}" if outcome.kind else ""
+    if outcome.status in ("filed", "recovered"):
+        saved = f", saved {_human(outcome.saved_bytes)}" if outcome.saved_bytes > 0 else ""
+        return f"{outcome.file}: {what} -> {outcome.destination}{saved}"
+    if outcome.status == "failed":
+        return f"{outcome.file}: failed ({outcome.reason}) -> {outcome.destination}"
+    return f"{outcome.file}: {outcome.status} ({outcome.reason}), left in the inbox"
 
 
 @app.command()

@@ -20,9 +20,9 @@ ProgressCallback = Callable[[int, int], None]  # (bytes written so far, total by
 TEMP_SUFFIX = ".mtk-tmp"
 
 
-def temp_path_for(output: Path) -> Path:
+def temp_path_for(output: Path, suffix: str = TEMP_SUFFIX) -> Path:
     """A fresh hidden name next to the output, so the final rename stays on one filesystem."""
-    return output.parent / f".{output.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    return output.parent / f".{output.name}.{secrets.token_hex(4)}{suffix}"
 
 
 def write_plan(
@@ -35,8 +35,19 @@ def write_plan(
 ) -> Path:
     """Write `plan` to `output` in the format its extension names, streamed and atomic."""
     output = Path(output)
-    writer = WRITERS.get(output.suffix.lower())
-    if writer is None:
+    check_output(output, overwrite)
+    temp = write_temp(plan, output, progress=progress, chunk_bytes=chunk_bytes)
+    try:
+        commit(temp, output, overwrite)
+    finally:
+        if temp.exists():
+            temp.unlink()
+    return output
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output that cannot or must not be written."""
+    if output.suffix.lower() not in WRITERS:
         raise UsageError(
             f"cannot tell the format of {output.name}: use .safetensors, .ckpt, .pt, .pth or .bin"
         )
@@ -47,6 +58,20 @@ def write_plan(
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output} exists; use --overwrite to replace it")
 
+
+def write_temp(
+    plan: Plan,
+    output: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    suffix: str = TEMP_SUFFIX,
+) -> Path:
+    """Write `plan` into a fresh temporary file next to `output` (in `output`'s format) and
+    fsync it. The caller commits it, or removes it; on any error it is already removed."""
+    writer = WRITERS.get(output.suffix.lower())
+    if writer is None:
+        raise UsageError(f"cannot tell the format of {output.name}")
     total = plan.nbytes
     done = 0
 
@@ -56,21 +81,30 @@ def write_plan(
         if progress is not None:
             progress(done, total)
 
-    temp = temp_path_for(output)
+    temp = temp_path_for(output, suffix)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
             writer(plan, out, advance, chunk_bytes)
             out.flush()
             os.fsync(out.fileno())
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise ModelToolkitError(f"cannot write {output}: {exc.strerror or exc}") from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def commit(temp: Path, output: Path, overwrite: bool = False) -> None:
+    """Give a complete temporary file its final name, durably; never replaces a file that
+    appeared meanwhile unless `overwrite`."""
+    try:
         _move_into_place(temp, output, overwrite)
-        _sync_folder(output.parent)
+        sync_folder(output.parent)
     except OSError as exc:
         raise ModelToolkitError(f"cannot write {output}: {exc.strerror or exc}") from None
-    finally:
-        if temp.exists():
-            temp.unlink()
-    return output
 
 
 def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:
@@ -90,7 +124,7 @@ def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:
     temp.unlink()
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     """Make the rename itself durable."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -44,6 +44,7 @@ class Architecture:
     partial: bool = False  # a *-BROKEN result: hidden when a complete SD- architecture is found
     hidden_by: str | None = None  # not listed when this other architecture is found
     prefer_superset: bool = False  # of two components of a class, only the larger is listed
+    kind: str | None = None  # what it is to a user (checkpoint, vae, lora, ...); None: partial
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def load_registry() -> Registry:
             spec.get("partial", False),
             spec.get("hidden_by"),
             spec.get("prefer_superset", False),
+            spec.get("kind"),
         )
         for name, spec in raw["architectures"].items()
     }
