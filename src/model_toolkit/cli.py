@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -184,6 +184,7 @@ def _write(
     as_json: bool,
     input_bytes: int,
     report_saving: bool = True,
+    modelspec: bool = False,
 ) -> None:
     """Write a plan and say what was written: one line, or a JSON summary."""
     if not overwrite and any(output.resolve() == p.resolve() for p in inputs):
@@ -192,8 +193,11 @@ def _write(
         typer.echo(f"warning: {warning}", err=True)
     if not plan.entries:
         raise ModelToolkitError("nothing to write: the result has no tensors")
+    finalize = None
+    if modelspec:
+        plan, finalize = _with_modelspec(plan, output)
     with _progress(plan.nbytes, f"writing {output.name}") as progress:
-        write_plan(plan, output, overwrite=overwrite, progress=progress)
+        write_plan(plan, output, overwrite=overwrite, progress=progress, finalize=finalize)
     size = output.stat().st_size
     if as_json:
         typer.echo(
@@ -214,6 +218,27 @@ def _write(
         typer.echo(f"wrote {output} ({_human(size)}{detail})")
 
 
+def _with_modelspec(plan: Plan, output: Path) -> tuple[Plan, Callable[[Path], None]]:
+    """The plan with ModelSpec fields, and the step that fills in the data hash."""
+    from functools import partial
+
+    from .analysis import analyze
+    from .metadata import DataHashingPlan, modelspec_fields, patch_data_hash
+
+    if output.suffix.lower() != ".safetensors":
+        raise ModelToolkitError("--modelspec needs a .safetensors output")
+    fields = modelspec_fields(analyze(plan), _stem(output))
+    hashing = DataHashingPlan(Plan(plan.entries, {**plan.metadata, **fields}, plan.origin))
+    hashing.warnings = plan.warnings
+    return hashing, partial(patch_data_hash, plan=hashing)
+
+
+ModelSpecOption = Annotated[
+    bool,
+    typer.Option(
+        "--modelspec", help="Write ModelSpec fields (architecture, title, date, hash_sha256)."
+    ),
+]
 OutputOption = Annotated[
     Path | None,
     typer.Option("-o", "--output", help="The file to write; its extension picks the format."),
@@ -240,6 +265,7 @@ def convert(
         ),
     ],
     precision: PrecisionOption = "keep",
+    modelspec: ModelSpecOption = False,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -247,7 +273,8 @@ def convert(
     dtype = precision_dtype(precision)
     with open_model(source) as model:
         plan = operations.convert(model, dtype)
-        _write(plan, output, [source], overwrite, as_json, source.stat().st_size)
+        size = source.stat().st_size
+        _write(plan, output, [source], overwrite, as_json, size, modelspec=modelspec)
 
 
 @app.command()
@@ -257,6 +284,7 @@ def prune(
     precision: PrecisionOption = "fp16",
     keep_ema: Annotated[bool, typer.Option(help="Keep the EMA weights.")] = False,
     fix_clip: FixClipOption = False,
+    modelspec: ModelSpecOption = False,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -265,7 +293,8 @@ def prune(
     with open_model(source) as model:
         plan = operations.prune(model, dtype, keep_ema, fix_clip)
         target = output or _free_name(source.parent, _stem(source) + "-pruned", ".safetensors")
-        _write(plan, target, [source], overwrite, as_json, source.stat().st_size)
+        size = source.stat().st_size
+        _write(plan, target, [source], overwrite, as_json, size, modelspec=modelspec)
 
 
 COMPONENT_SUFFIX = {
@@ -354,6 +383,209 @@ def build(
         folder = paths[0].parent if paths else Path.cwd()
         target = output or _free_name(folder, arch, ".safetensors")
         _write(plan, target, paths, overwrite, as_json, sum(p.stat().st_size for p in paths), False)
+
+
+@app.command(name="hash")
+def hash_files(
+    files: Annotated[list[Path], typer.Argument(help="Files to hash.")],
+    algo: Annotated[
+        list[str] | None,
+        typer.Option(help="sha256, autov1, autov2, autov3, blake3, crc32 (default: all)."),
+    ] = None,
+    webui_cache: Annotated[
+        Path | None,
+        typer.Option(help="AUTOMATIC1111's cache.json: use its current hashes, add ours."),
+    ] = None,
+    title: Annotated[
+        str | None, typer.Option(help="The cache entry's title (default: checkpoint/NAME).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The hashes model hubs use (AutoV1/V2/V3, SHA-256, BLAKE3, CRC32), in one read."""
+    from .hashes import (
+        ALGORITHMS,
+        compute_hashes,
+        default_title,
+        read_webui_cache,
+        write_webui_cache,
+    )
+
+    wanted = tuple(algo) if algo else ALGORITHMS
+    results = []
+    for path in files:
+        if not path.is_file():
+            raise ModelToolkitError(f"{path} is not a file")
+        entry_title = title or default_title(path)
+        cached = read_webui_cache(webui_cache, path, entry_title) if webui_cache else {}
+        needed = tuple(a for a in wanted if a not in cached)
+        with _progress(path.stat().st_size, f"hashing {path.name}") as progress:
+            result = compute_hashes(path, needed, progress)
+        result.values = {a: cached.get(a, result.values.get(a)) for a in wanted}
+        if webui_cache:
+            write_webui_cache(webui_cache, path, entry_title, result.values)
+        results.append(result)
+    if as_json:
+        rows = [
+            {"file": str(r.path), "size": r.size, **r.values, "notes": r.notes} for r in results
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for result in results:
+        typer.echo(result.path)
+        for name, value in result.values.items():
+            typer.echo(f"  {name:<7} {value if value is not None else '-'}")
+        for note in result.notes:
+            typer.echo(f"  ({note})")
+
+
+@app.command()
+def metadata(
+    file: Annotated[Path, typer.Argument(help="The model file.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="KEY=VALUE to set (repeatable).")
+    ] = None,
+    remove: Annotated[list[str] | None, typer.Option(help="KEY to remove (repeatable).")] = None,
+    from_json: Annotated[
+        Path | None, typer.Option(help="A JSON object of keys to set (values: text or JSON).")
+    ] = None,
+    output: OutputOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+) -> None:
+    """Show a file's metadata readably, or edit it (the file is rewritten atomically)."""
+    from .formats.safetensors import metadata_as_strings
+    from .metadata import describe, edited
+
+    sets: dict[str, str] = {}
+    if from_json is not None:
+        try:
+            loaded = json.loads(from_json.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ModelToolkitError(f"{from_json} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ModelToolkitError(f"{from_json} must hold a JSON object")
+        sets.update(metadata_as_strings(loaded))
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ModelToolkitError(f"--set {item!r}: write KEY=VALUE")
+        sets[key] = value
+    with open_model(file) as model:
+        if not sets and not remove:
+            if output is not None:
+                raise ModelToolkitError("nothing to change: give --set, --remove or --from-json")
+            if as_json:
+                typer.echo(json.dumps(model.metadata, indent=2, default=str))
+            else:
+                typer.echo(describe(model.metadata), nl=False)
+            return
+        if model.format != "safetensors":
+            raise ModelToolkitError(
+                f"{file.name} is a {model.format} file: metadata can be edited in .safetensors only"
+            )
+        plan = operations.convert(model, None)
+        plan.metadata = edited(model.metadata, sets, remove or [])
+        target = output or file
+        if target.suffix.lower() != ".safetensors":
+            raise ModelToolkitError("the output must be a .safetensors file")
+        with _progress(plan.nbytes, f"writing {target.name}") as progress:
+            write_plan(plan, target, overwrite=output is None, progress=progress)
+    typer.echo(f"wrote {target}")
+    typer.echo(
+        "note: the file's SHA-256, AutoV2, BLAKE3 and CRC32 changed; AutoV3 did not", err=True
+    )
+
+
+@app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="The first model file.")],
+    b: Annotated[Path, typer.Argument(help="The second model file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Compare two models per component class: identical, how different, or absent."""
+    from .diff import diff_models
+
+    with open_model(a) as model_a, open_model(b) as model_b:
+        result = diff_models(model_a, model_b)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    typer.echo(f"A: {a} ({result.architecture_a or 'unknown'})")
+    typer.echo(f"B: {b} ({result.architecture_b or 'unknown'})")
+    width = max((len(c.cls) for c in result.classes), default=0)
+    for item in result.classes:
+        text = item.status
+        if item.status == "different":
+            text += (
+                f": max |A-B| {item.max_abs_diff:.6g}, mean {item.mean_abs_diff:.6g}, "
+                f"cosine {item.cosine_similarity:.6f}"
+            )
+        if item.status in ("identical", "different"):
+            text += f" ({item.tensors} tensors)"
+        if item.mismatched_shapes:
+            text += f"; shapes differ: {', '.join(item.mismatched_shapes[:3])}"
+        if item.component_a and item.component_b and item.component_a != item.component_b:
+            text += f" [{item.component_a} vs {item.component_b}]"
+        typer.echo(f"{item.cls:<{width}}  {text}")
+    for side, keys in (("A", result.only_in_a), ("B", result.only_in_b)):
+        if keys:
+            shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+            typer.echo(f"only in {side}: {len(keys)} keys ({shown})")
+
+
+@app.command()
+def scan(
+    folders: Annotated[list[Path], typer.Argument(help="Folders (or files) to scan.")],
+    hashes: Annotated[bool, typer.Option(help="Also compute SHA-256, AutoV2, AutoV3.")] = False,
+    db: Annotated[
+        Path | None, typer.Option(help="The index file (default: in your data folder).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel files (default: cores).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Identify every model file in a collection; find duplicates and what can be reclaimed."""
+    from .library import Library, default_db, summary_counts
+
+    library = Library(db or default_db())
+    try:
+        if sys.stderr.isatty() and not as_json:
+            from rich.progress import Progress
+
+            with Progress(transient=True) as bar:
+                task = bar.add_task("scanning", total=None)
+
+                def show(done: int, total: int, name: str) -> None:
+                    bar.update(task, completed=done, total=total, description=name[:40])
+
+                result = library.scan(folders, hashes, workers, show)
+        else:
+            result = library.scan(folders, hashes, workers)
+    finally:
+        library.close()
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    counts = summary_counts(result)
+    typer.echo(
+        f"{len(result.files)} files ({result.from_index} from the index, "
+        f"{result.scanned} scanned): "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    )
+    for path, record in result.files.items():
+        arch = record.get("architecture") or record["status"]
+        precision = record.get("precision") or "-"
+        prunable = record.get("prunable_bytes", 0)
+        extra = f", prunable {_human(prunable)}" if prunable > 0 else ""
+        if record.get("error"):
+            extra += f": {record['error']}"
+        typer.echo(f"  {path}: {arch}, {precision}, {_human(record['size'])}{extra}")
+    for group in result.duplicates:
+        typer.echo(f"identical files ({_human(group['size'])} each): " + ", ".join(group["files"]))
+    for group in result.shared_components:
+        typer.echo(
+            f"{group['class']} {group['component']} {group['fingerprint'][:8]} "
+            f"in {len(group['files'])} files: " + ", ".join(group["files"])
+        )
+    typer.echo(f"reclaimable: {_human(result.reclaimable_bytes)}")
 
 
 @app.command()

@@ -152,3 +152,19 @@ def broken_position_ids(analysis: Analysis) -> dict[str, list[int]]:
         expected = np.arange(len(as_int), dtype=np.int64)
         result[name] = np.nonzero(as_int != expected)[0].tolist()
     return result
+
+
+def content_fingerprint(entries: list[tuple[str, PlanEntry]]) -> str:
+    """A hash of a component's weights that ignores format, key prefix and float width: each
+    float is taken rounded to float16 (so an fp32 copy and its fp16 cast match), each integer
+    as int64, tensors in key order. Two files share a component when their fingerprints do."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    f16, i64 = DTYPES["F16"], DTYPES["I64"]
+    for key, entry in sorted(entries, key=lambda pair: pair[0]):
+        digest.update(f"{key}{list(entry.shape)}".encode())
+        target = f16 if entry.dtype.is_float else i64
+        for chunk in entry.cast_to(target).iter_chunks():
+            digest.update(np.ascontiguousarray(chunk).view(np.uint8))
+    return digest.hexdigest()

@@ -32,12 +32,16 @@ def write_plan(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    finalize: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `plan` to `output` in the format its extension names, streamed and atomic."""
+    """Write `plan` to `output` in the format its extension names, streamed and atomic.
+    `finalize` may amend the complete temporary file before it gets its name."""
     output = Path(output)
     check_output(output, overwrite)
     temp = write_temp(plan, output, progress=progress, chunk_bytes=chunk_bytes)
     try:
+        if finalize is not None:
+            finalize(temp)
         commit(temp, output, overwrite)
     finally:
         if temp.exists():
@@ -136,3 +140,17 @@ def sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_text_atomically(path: Path, text: str, suffix: str = TEMP_SUFFIX) -> None:
+    """A small text file (a marker, a reason, a cache) replaced whole or not at all."""
+    temp = temp_path_for(path, suffix)
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        sync_folder(path.parent)
+    finally:
+        temp.unlink(missing_ok=True)

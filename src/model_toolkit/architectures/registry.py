@@ -45,6 +45,7 @@ class Architecture:
     hidden_by: str | None = None  # not listed when this other architecture is found
     prefer_superset: bool = False  # of two components of a class, only the larger is listed
     kind: str | None = None  # what it is to a user (checkpoint, vae, lora, ...); None: partial
+    modelspec: dict[str, str] | None = None  # ModelSpec architecture and implementation
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def load_registry() -> Registry:
             spec.get("hidden_by"),
             spec.get("prefer_superset", False),
             spec.get("kind"),
+            spec.get("modelspec"),
         )
         for name, spec in raw["architectures"].items()
     }

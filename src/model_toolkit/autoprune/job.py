@@ -29,7 +29,7 @@ from ..operations import convert, prune
 from ..plan import Plan
 from ..report import Findings, advanced_report
 from ..verify import ChecksummedPlan, TensorRecord, verify_output
-from ..write import commit, sync_folder, temp_path_for, write_temp
+from ..write import commit, sync_folder, write_temp, write_text_atomically
 from .layouts import Layout
 
 MODEL_EXTENSIONS = {".safetensors", *TORCH_EXTENSIONS}
@@ -270,7 +270,7 @@ class Autopruner:
         stem, suffix = stem_of(path.name), path.name[len(stem_of(path.name)) :]
         target = free_name(failed, stem, suffix)
         text = f"{path.name}: {reason}\n" + (f"\n{details}" if details else "")
-        write_text_atomically(target.with_name(target.name + ".txt"), text)
+        write_text_atomically(target.with_name(target.name + ".txt"), text, TEMP_SUFFIX)
         try:
             commit(path, target)
         except ModelToolkitError as exc:
@@ -302,7 +302,7 @@ class Autopruner:
             "metadata": plan.metadata,
             "tensors": {name: rec.as_list() for name, rec in checked.records.items()},
         }
-        write_text_atomically(marker, json.dumps(record, default=str))
+        write_text_atomically(marker, json.dumps(record, default=str), TEMP_SUFFIX)
 
     def _finish_interrupted(self, marker: Path) -> Outcome | None:
         """A marker means a crash came between naming the output and removing the input."""
@@ -348,16 +348,3 @@ def estimated_size(plan: Plan) -> int:
     from ..formats.safetensors import header_bytes
 
     return len(header_bytes(plan)) + plan.nbytes
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    temp = temp_path_for(path, TEMP_SUFFIX)
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-        sync_folder(path.parent)
-    finally:
-        temp.unlink(missing_ok=True)

@@ -1,0 +1,247 @@
+"""Scanning a model collection: every file identified header-first, an SQLite index so that a
+rescan of an unchanged library is near-instant, and what is duplicated across files.
+
+Files are processed in parallel worker processes (identification is Python and holds the GIL;
+fingerprints and hashes read the disk). Each file's record is committed as soon as it is done,
+so an interrupted scan resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .autoprune.job import MODEL_EXTENSIONS
+from .errors import ModelToolkitError, UnsafeFileError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hashes INTEGER NOT NULL,  -- 1 when the record has file hashes
+    record TEXT NOT NULL      -- JSON: what scan_file returned
+)
+"""
+
+Progress = Callable[[int, int, str], None]  # (files done, files in all, current file)
+
+
+def default_db() -> Path:
+    """The index in the user's data folder (XDG on Linux, LOCALAPPDATA on Windows)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.environ.get("LOCALAPPDATA")
+    root = Path(base) if base else Path.home() / ".local" / "share"
+    return root / "model-toolkit" / "library.sqlite"
+
+
+def find_model_files(folders: Iterable[Path]) -> list[Path]:
+    """Every model file under the folders (hidden files and folders skipped), each once."""
+    found: dict[Path, None] = {}
+    for folder in folders:
+        if folder.is_file():
+            found[folder.resolve()] = None
+            continue
+        if not folder.is_dir():
+            raise ModelToolkitError(f"{folder} is not a folder")
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in MODEL_EXTENSIONS:
+                    found[(Path(root) / name).resolve()] = None
+    return list(found)
+
+
+def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
+    """One file's record: identification, sizes, component fingerprints, optionally hashes.
+    Runs in a worker process; never raises for a bad file (the record says what is wrong)."""
+    from .analysis import analyze
+    from .fingerprints import content_fingerprint
+    from .formats import open_model
+    from .hashes import compute_hashes
+    from .operations.common import component_entries, entries_of, find_component
+
+    path = Path(path_text)
+    record: dict[str, Any] = {"status": "ok"}
+    try:
+        with open_model(path) as model:
+            analysis = analyze(model)
+            record["format"] = model.format
+            record["architecture"] = analysis.architecture
+            record["components"] = dict(analysis.components)
+            floats = [ref for ref in model.tensors.values() if ref.dtype.is_float]
+            widths: dict[str, int] = {}
+            for ref in floats:
+                widths[ref.dtype.name] = widths.get(ref.dtype.name, 0) + ref.nbytes
+            record["precision"] = max(widths, key=widths.__getitem__) if widths else None
+            record["total_bytes"] = analysis.sizes.total
+            record["prunable_bytes"] = (
+                analysis.sizes.total - analysis.sizes.pruned if analysis.architecture else 0
+            )
+            record["unknown_keys"] = len(analysis.unknown_keys)
+            if analysis.architecture is None:
+                record["status"] = "unknown"
+            elif analysis.architecture.endswith("-BROKEN"):
+                record["status"] = "broken"
+            entries = entries_of(model)
+            fingerprints = {}
+            for cls in analysis.components:
+                found = find_component(analysis, cls, None, path.name)
+                pairs = component_entries(found, analysis, entries)
+                fingerprints[cls] = [found.component.name, content_fingerprint(pairs)]
+            record["fingerprints"] = fingerprints
+    except UnsafeFileError as exc:
+        record.update(status="unsafe", error=str(exc))
+    except ModelToolkitError as exc:
+        record.update(status="unreadable", error=str(exc))
+    except OSError as exc:
+        record.update(status="unreadable", error=exc.strerror or str(exc))
+    if with_hashes and record["status"] != "unreadable":
+        values = compute_hashes(path, ("sha256", "autov2", "autov3")).values
+        record["hashes"] = values
+    return record
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, dict[str, Any]]  # path -> record (with "size")
+    from_index: int  # records reused unchanged
+    scanned: int
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    shared_components: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def reclaimable_bytes(self) -> int:
+        """Extra copies of identical files, plus what pruning every file would save."""
+        copies = sum(d["size"] * (len(d["files"]) - 1) for d in self.duplicates)
+        return copies + sum(r.get("prunable_bytes", 0) for r in self.files.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "from_index": self.from_index,
+            "scanned": self.scanned,
+            "duplicates": self.duplicates,
+            "shared_components": self.shared_components,
+            "reclaimable_bytes": self.reclaimable_bytes,
+        }
+
+
+class Library:
+    """The SQLite index of scanned files."""
+
+    def __init__(self, db: Path) -> None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = sqlite3.connect(db)
+        self.connection.execute(SCHEMA)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def cached(self, path: Path, size: int, mtime_ns: int, hashes: bool) -> dict[str, Any] | None:
+        row = self.connection.execute(
+            "SELECT size, mtime_ns, hashes, record FROM files WHERE path = ?", (str(path),)
+        ).fetchone()
+        if row is None or (row[0], row[1]) != (size, mtime_ns) or (hashes and not row[2]):
+            return None
+        return json.loads(row[3])
+
+    def store(self, path: Path, size: int, mtime_ns: int, record: dict[str, Any]) -> None:
+        self.connection.execute(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+            (str(path), size, mtime_ns, int("hashes" in record), json.dumps(record)),
+        )
+        self.connection.commit()
+
+    def scan(
+        self,
+        folders: Iterable[Path],
+        with_hashes: bool = False,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> ScanResult:
+        paths = find_model_files(folders)
+        files: dict[str, dict[str, Any]] = {}
+        todo = []
+        for path in paths:
+            stat = path.stat()
+            record = self.cached(path, stat.st_size, stat.st_mtime_ns, with_hashes)
+            if record is None:
+                todo.append((path, stat))
+            else:
+                files[str(path)] = {**record, "size": stat.st_size}
+        from_index = len(files)
+        done = from_index
+        workers = workers if workers is not None else (os.cpu_count() or 1)
+
+        def finish(path: Path, stat: os.stat_result, record: dict[str, Any]) -> None:
+            nonlocal done
+            self.store(path, stat.st_size, stat.st_mtime_ns, record)
+            files[str(path)] = {**record, "size": stat.st_size}
+            done += 1
+            if progress is not None:
+                progress(done, len(paths), path.name)
+
+        if workers <= 1 or len(todo) <= 1:
+            for path, stat in todo:
+                finish(path, stat, scan_file(str(path), with_hashes))
+        else:
+            with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+                futures = [
+                    (path, stat, pool.submit(scan_file, str(path), with_hashes))
+                    for path, stat in todo
+                ]
+                for path, stat, future in futures:
+                    finish(path, stat, future.result())
+        ordered = {str(p): files[str(p)] for p in paths}
+        result = ScanResult(ordered, from_index, len(todo))
+        result.duplicates = identical_files(ordered)
+        result.shared_components = shared_components(ordered)
+        return result
+
+
+def identical_files(files: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Files with the same bytes (same SHA-256 when hashed), else the same size and the same
+    weights in every component and nothing else (same fingerprints, same format)."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for path, record in files.items():
+        if record.get("hashes"):
+            key: tuple[Any, ...] = ("sha256", record["hashes"]["sha256"])
+        elif record.get("fingerprints") and record.get("unknown_keys") == 0:
+            prints = sorted((c, f[1]) for c, f in record["fingerprints"].items())
+            key = ("weights", record["size"], record.get("format"), tuple(prints))
+        else:
+            continue
+        groups.setdefault(key, []).append(path)
+    return [
+        {"files": paths, "size": files[paths[0]]["size"], "by": key[0]}
+        for key, paths in groups.items()
+        if len(paths) > 1
+    ]
+
+
+def shared_components(files: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Components with the same weights in more than one file, whatever format or width."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    names: dict[tuple[str, str], str] = {}
+    for path, record in files.items():
+        for cls, (component, fingerprint) in (record.get("fingerprints") or {}).items():
+            groups.setdefault((cls, fingerprint), []).append(path)
+            names[(cls, fingerprint)] = component
+    return [
+        {"class": cls, "component": names[(cls, fp)], "fingerprint": fp[:16], "files": paths}
+        for (cls, fp), paths in sorted(groups.items(), key=lambda item: -len(item[1]))
+        if len(paths) > 1
+    ]
+
+
+def summary_counts(result: ScanResult) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in result.files.values():
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    return counts
