@@ -270,6 +270,27 @@ def test_scan_finds_exactly_the_planted_duplicates(library, tmp_path):
     assert [d["by"] for d in hashed["duplicates"]] == ["sha256"]
 
 
+def test_scan_names_known_components(tmp_path):
+    """A VAE whose metric is SD-v1's (0): named in the shared-component report."""
+    vae = keylists.load("VAE-v1-SD")
+    name, shape = "decoder.up.0.block.0.conv1.weight", (128, 256, 3, 3)
+    assert (name, shape) in vae
+    values = np.zeros(shape, np.float32).reshape(-1)
+    values[:77343] = 1.0  # 77343 * (sigmoid(1) - 0.5) = 17870.67, SD-v1's VAE sum
+    source = write_sparse_safetensors(
+        tmp_path / "a.safetensors", vae, "F32", {name: values.reshape(shape)}
+    )
+    mtk("convert", source, tmp_path / "b.ckpt", "--precision", "fp16")
+    db = tmp_path / "index.sqlite"
+    report = json.loads(mtk("scan", tmp_path, "--db", db, "--json").stdout)
+    assert [r["known"] for r in report["files"].values()] == [["SD-v1 VAE"], ["SD-v1 VAE"]]
+    [group] = report["shared_components"]
+    assert (group["class"], group["known"]) == ("VAE-v1", "SD-v1 VAE")
+    lines = mtk("scan", tmp_path, "--db", db).stdout.splitlines()
+    assert lines[3].startswith("the SD-v1 VAE (VAE-v1-SD ")
+    assert lines[3].endswith(f"is in 2 files: {tmp_path / 'a.safetensors'}, {tmp_path / 'b.ckpt'}")
+
+
 def test_an_interrupted_scan_resumes(library, tmp_path):
     db = tmp_path / "index.sqlite"
     index = Library(db)

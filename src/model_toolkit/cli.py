@@ -581,9 +581,10 @@ def scan(
     for group in result.duplicates:
         typer.echo(f"identical files ({_human(group['size'])} each): " + ", ".join(group["files"]))
     for group in result.shared_components:
+        name = f"the {group['known']}" if group["known"] else group["class"]
         typer.echo(
-            f"{group['class']} {group['component']} {group['fingerprint'][:8]} "
-            f"in {len(group['files'])} files: " + ", ".join(group["files"])
+            f"{name} ({group['component']} {group['fingerprint'][:8]}) is in "
+            f"{len(group['files'])} files: " + ", ".join(group["files"])
         )
     typer.echo(f"reclaimable: {_human(result.reclaimable_bytes)}")
 

@@ -89,8 +89,12 @@ def _score(total: np.float32, part: str) -> int | None:
     return n
 
 
-def compute_metric(analysis: Analysis) -> Metric:
-    """Stream the tensors the metric covers, in file order, and score each part."""
+ALL_PARTS = frozenset({"unet", "vae", "clip"})
+
+
+def compute_metric(analysis: Analysis, parts_wanted: frozenset[str] = ALL_PARTS) -> Metric:
+    """Stream the tensors the metric covers, in file order, and score each part (only the
+    parts wanted: naming a known VAE or CLIP needs neither the UNET nor its reading time)."""
     detection = analysis.detection
     if detection.resolved is None:
         return Metric("----/----/----", None, None, None)
@@ -104,12 +108,13 @@ def compute_metric(analysis: Analysis) -> Metric:
     parts: list[tuple[str, TensorRef | PlanEntry]] = []
     for name, ref in analysis.tensors.items():
         key = detection.keys[name]
-        if key in unet_keys:
+        if key in unet_keys and "unet" in parts_wanted:
             parts.append(("unet", ref))
         if key in vae_keys and ("encoder." in name or "decoder." in name):
             parts.append(("vae", ref))
         if key in clip_keys and "mlp." in name and ".23." not in name:
             parts.append(("clip", ref))
+    parts = [(part, ref) for part, ref in parts if part in parts_wanted]
     sums = {"unet": np.float32(0), "vae": np.float32(0), "clip": np.float32(0)}
     for (part, _), value in zip(parts, _tensor_sums([ref for _, ref in parts]), strict=True):
         sums[part] = np.float32(sums[part] + value)  # float32, in file order, as the original

@@ -61,7 +61,7 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
     """One file's record: identification, sizes, component fingerprints, optionally hashes.
     Runs in a worker process; never raises for a bad file (the record says what is wrong)."""
     from .analysis import analyze
-    from .fingerprints import content_fingerprint
+    from .fingerprints import compute_metric, content_fingerprint, known_components
     from .formats import open_model
     from .hashes import compute_hashes
     from .operations.common import component_entries, entries_of, find_component
@@ -95,6 +95,10 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
                 pairs = component_entries(found, analysis, entries)
                 fingerprints[cls] = [found.component.name, content_fingerprint(pairs)]
             record["fingerprints"] = fingerprints
+            # The original toolkit's metric names known VAEs and CLIPs ("NAI VAE"); the UNET
+            # part is skipped, as no UNET is known by name.
+            metric = compute_metric(analysis, frozenset({"vae", "clip"}))
+            record["known"] = known_components(metric)
     except UnsafeFileError as exc:
         record.update(status="unsafe", error=str(exc))
     except ModelToolkitError as exc:
@@ -229,12 +233,22 @@ def shared_components(files: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Components with the same weights in more than one file, whatever format or width."""
     groups: dict[tuple[str, str], list[str]] = {}
     names: dict[tuple[str, str], str] = {}
+    known: dict[tuple[str, str], str | None] = {}
     for path, record in files.items():
         for cls, (component, fingerprint) in (record.get("fingerprints") or {}).items():
             groups.setdefault((cls, fingerprint), []).append(path)
             names[(cls, fingerprint)] = component
+            part = cls.split("-")[0]  # "VAE", "CLIP": known names end with the part
+            named = [k for k in record.get("known", []) if k.endswith(" " + part)]
+            known[(cls, fingerprint)] = named[0] if named else None
     return [
-        {"class": cls, "component": names[(cls, fp)], "fingerprint": fp[:16], "files": paths}
+        {
+            "class": cls,
+            "component": names[(cls, fp)],
+            "known": known[(cls, fp)],
+            "fingerprint": fp[:16],
+            "files": paths,
+        }
         for (cls, fp), paths in sorted(groups.items(), key=lambda item: -len(item[1]))
         if len(paths) > 1
     ]
