@@ -684,6 +684,49 @@ def _outcome_line(outcome: Outcome) -> str:
 
 
 @app.command()
+def ui(
+    models_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="A models folder (repeatable); default: a folder with the demo model."),
+    ] = None,
+    layout: Annotated[str, typer.Option(help="auto, a1111 or comfyui.")] = "auto",
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port to listen on.")] = 7860,
+) -> None:
+    """The web UI: the original toolkit's tab, in a browser."""
+    from .autoprune import make_layout
+
+    try:
+        from .ui.app import build_ui, enable_queue
+        from .ui.folders import ModelFolders
+    except ImportError as exc:
+        raise ModelToolkitError(
+            f"the web UI needs gradio ({exc.name} is missing): pip install 'sd-model-toolkit[ui]'"
+        ) from None
+    roots = models_dir or [_demo_models()]
+    folders = ModelFolders.from_layouts(
+        make_layout(root, "a1111" if not models_dir else layout) for root in roots
+    )
+    blocks = build_ui(folders)
+    enable_queue(blocks)
+    typer.echo(f"Model Toolkit on http://{host}:{port} (models: {', '.join(map(str, roots))})")
+    blocks.launch(server_name=host, server_port=port, show_error=False, quiet=True)
+
+
+def _demo_models() -> Path:
+    """A models folder holding the demo model, so a new user sees the UI working at once."""
+    from .demo import write_demo
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    root = Path(base) / "model-toolkit" / "demo-models"
+    checkpoints = root / "Stable-diffusion"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    if not (checkpoints / "demo.safetensors").exists():
+        write_demo(checkpoints / "demo.safetensors")
+    return root
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Argument(help="Where to write the demo model.")] = Path(
         "demo.safetensors"
