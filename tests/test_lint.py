@@ -11,7 +11,7 @@ ROOT = Path(__file__).parent.parent
 
 def test_ruff_clean():
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "src", "tests", "bench"],
+        [sys.executable, "-m", "ruff", "check", "src", "tests", "bench", "scripts", "install.py"],
         cwd=ROOT,
         capture_output=True,
         text=True,

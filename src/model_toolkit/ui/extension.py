@@ -1,0 +1,114 @@
+"""The AUTOMATIC1111/Forge extension: the tab, the settings, autopruning at start-up.
+
+`scripts/model_toolkit_tab.py` (loaded by the webui) calls register(). Everything the webui
+provides comes from its `modules` package: the model folders (`--ckpt-dir`, `--vae-dir`, ...),
+the settings, the callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..autoprune import Autopruner, Options
+from ..autoprune.layouts import Layout
+from .folders import ModelFolders
+
+SECTION = ("model-toolkit", "Model Toolkit")
+FIX_CLIP = "model_toolkit_fix_clip"
+AUTOPRUNE = "model_toolkit_autoprune"
+log = logging.getLogger("model_toolkit")
+
+
+def webui_layout() -> Layout:
+    """The webui's folders as an autoprune layout: its command-line dirs, else models/*."""
+    from modules import paths, shared  # the webui's own package
+
+    options = shared.cmd_opts
+    models = Path(paths.models_path)
+
+    def chosen(option: str, default: Path) -> Path:
+        value = getattr(options, option, None)
+        return Path(value) if value else default
+
+    folders = {
+        "checkpoint": chosen("ckpt_dir", models / "Stable-diffusion"),
+        "vae": chosen("vae_dir", models / "VAE"),
+        "lora": chosen("lora_dir", models / "Lora"),
+        "controlnet": models / "ControlNet",
+        "embedding": chosen("embeddings_dir", models.parent / "embeddings"),
+        "unet": models / "Components",
+        "text_encoder": models / "Components",
+        "component": models / "Components",
+    }
+    return Layout(
+        "a1111", models, models / "Autoprune", {k: v.resolve() for k, v in folders.items()}
+    )
+
+
+def setting(name: str, default: bool = False) -> bool:
+    from modules import shared
+
+    return bool(getattr(shared.opts, name, default))
+
+
+def on_ui_settings() -> None:
+    from modules import shared
+
+    shared.opts.add_option(
+        FIX_CLIP,
+        shared.OptionInfo(False, "Fix broken CLIP position IDs", section=SECTION),
+    )
+    shared.opts.add_option(
+        AUTOPRUNE,
+        shared.OptionInfo(
+            False,
+            "Enable Autopruning (prune models in models/Autoprune at start-up and on Reload UI)",
+            section=SECTION,
+        ),
+    )
+
+
+def on_ui_tabs() -> list[tuple[Any, str, str]]:
+    from .app import build_ui
+
+    folders = ModelFolders.from_layouts([webui_layout()])
+    blocks = build_ui(folders, fix_clip=lambda: setting(FIX_CLIP))
+    return [(blocks, "Model Toolkit", "model_toolkit")]
+
+
+def autoprune_in_background() -> threading.Thread | None:
+    """The same crash-safe job as `mtk autoprune`, in a thread, when the setting is on."""
+    if not setting(AUTOPRUNE):
+        return None
+    pruner = Autopruner(webui_layout(), Options(fix_clip=setting(FIX_CLIP)))
+
+    def run() -> None:
+        try:
+            for outcome in pruner.run_once():
+                log.warning(
+                    "Model Toolkit autoprune: %s: %s -> %s",
+                    outcome.file,
+                    outcome.status,
+                    outcome.destination or outcome.reason,
+                )
+        except Exception as exc:  # never take the webui down
+            log.warning("Model Toolkit autoprune stopped: %s", exc)
+
+    thread = threading.Thread(target=run, name="model-toolkit-autoprune", daemon=True)
+    thread.start()
+    return thread
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    autoprune_in_background()
+
+
+def register() -> None:
+    from modules import script_callbacks
+
+    script_callbacks.on_ui_settings(on_ui_settings)
+    script_callbacks.on_ui_tabs(on_ui_tabs)
+    script_callbacks.on_app_started(on_app_started)

@@ -1,0 +1,93 @@
+"""The AUTOMATIC1111/Forge extension, loaded as the webui loads it, against a stand-in
+`modules` package that records the callbacks (tests/webui_standin)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).parent.parent
+STANDIN = Path(__file__).parent / "webui_standin"
+
+LOAD_AND_USE = """
+import json, runpy, sys
+sys.path.insert(0, sys.argv[1])
+runpy.run_path(sys.argv[2] + "/scripts/model_toolkit_tab.py")
+from modules import script_callbacks, shared
+registered = script_callbacks.registered
+for callback in registered["ui_settings"]:
+    callback()
+labels = {k: [v.label, v.section, v.default] for k, v in shared.opts.data_labels.items()}
+[(blocks, title, elem_id)] = registered["ui_tabs"][0]()
+from model_toolkit.ui.extension import webui_layout, autoprune_in_background
+layout = webui_layout()
+shared.opts.model_toolkit_autoprune = True
+thread = autoprune_in_background()
+thread.join(60)
+for callback in registered["app_started"]:
+    callback(None, None)
+print(json.dumps({
+    "counts": {k: len(v) for k, v in registered.items()},
+    "labels": labels,
+    "tab": [type(blocks).__name__, title, elem_id],
+    "folders": {k: str(v) for k, v in layout.folders.items()},
+    "inbox": str(layout.inbox),
+}))
+"""
+
+
+def test_the_extension_registers_its_tab_settings_and_autoprune(tmp_path):
+    models = tmp_path / "webui" / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    (models / "Autoprune").mkdir()
+    save_file({"emb_params": torch.ones(2, 768)}, models / "Autoprune" / "ti.safetensors")
+    custom_vae = tmp_path / "my-vaes"
+    env = {**os.environ, "STANDIN_MODELS": str(models), "STANDIN_VAE_DIR": str(custom_vae)}
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_USE, str(STANDIN), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["counts"] == {"ui_tabs": 1, "ui_settings": 1, "app_started": 1}
+    assert report["tab"] == ["Blocks", "Model Toolkit", "model_toolkit"]
+    section = ["model-toolkit", "Model Toolkit"]
+    assert report["labels"]["model_toolkit_fix_clip"] == [
+        "Fix broken CLIP position IDs",
+        section,
+        False,
+    ]
+    assert report["labels"]["model_toolkit_autoprune"][0].startswith("Enable Autopruning")
+    assert report["folders"]["vae"] == str(custom_vae.resolve())  # --vae-dir is followed
+    assert report["folders"]["checkpoint"] == str((models / "Stable-diffusion").resolve())
+    assert report["inbox"] == str(models / "Autoprune")
+    # Autopruning at start-up filed the embedding next to models/, as the webui keeps them.
+    assert (tmp_path / "webui" / "embeddings" / "ti.safetensors").is_file()
+    assert not (models / "Autoprune" / "ti.safetensors").exists()
+
+
+def test_install_py_installs_only_what_is_missing(tmp_path):
+    script = (
+        "import runpy, sys; sys.path.insert(0, sys.argv[1]); "
+        "runpy.run_path(sys.argv[2] + '/install.py'); import launch, json; "
+        "print(json.dumps(launch.pip_calls))"
+    )
+    env = {**os.environ, "STANDIN_INSTALLED": "safetensors,watchdog"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(STANDIN), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["install ml_dtypes>=0.4", "install blake3>=0.4"]

@@ -1,0 +1,196 @@
+"""End to end, in a real browser: `mtk ui` on a temporary models folder, driven by Playwright
+in Debian's chromium (installed by .ci/run; Playwright cannot download browsers here)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_ui_session import CLIP_KEY, UNET_KEY, VAE_KEY, sd1_with, tensor
+
+import model_toolkit as mtk
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "models"
+    (root / "Stable-diffusion").mkdir(parents=True)
+    first = sd1_with(root / "Stable-diffusion" / "model.safetensors", 1)
+    other = sd1_with(root / "Stable-diffusion" / "other.safetensors", 10)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_toolkit", "ui", "--models-dir", root, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("mtk ui did not start: " + (process.stdout.read() if process.stdout else ""))
+    yield f"http://127.0.0.1:{port}/", root, first, other
+    process.terminate()
+    process.wait(timeout=20)
+
+
+class Page:
+    """The Model Toolkit page, by the element ids the UI gives its components."""
+
+    def __init__(self, page, shots: Path) -> None:
+        self.page = page
+        self.shots = shots
+
+    def choose(self, elem_id: str, label: str) -> None:
+        self.page.locator(f"#{elem_id} input").click()
+        option = self.page.locator("ul[role=listbox] li").filter(
+            has_text=re.compile(rf"^\W*{re.escape(label)}\s*$")
+        )
+        option.first.click()
+        self.page.wait_for_timeout(300)
+
+    def click(self, elem_id: str) -> None:
+        self.page.locator(f"#{elem_id}").click()
+
+    def status(self) -> str:
+        return self.page.locator("#mtk-status").inner_text()
+
+    def wait_status(self, text: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = self.status()
+            if text in current:
+                return current
+            if "Error:" in current and "Error:" not in text:
+                break
+            self.page.wait_for_timeout(200)
+        self.page.screenshot(path=str(self.shots / "failure.png"), full_page=True)
+        raise AssertionError(f"status is {self.status()!r}, waited for {text!r}")
+
+    def text(self, elem_id: str) -> str:
+        return self.page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
+
+    def tab(self, name: str) -> None:
+        self.page.get_by_role("tab", name=name).click()
+
+
+@pytest.fixture
+def ui(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url = server[0]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#mtk-source")
+        yield Page(page, tmp_path), *server[1:]
+        browser.close()
+
+
+def test_both_walkthroughs_click_by_click(ui):
+    page, root, first, other = ui
+
+    # Load a checkpoint and read its report.
+    page.choose("mtk-source", "Stable-diffusion/model.safetensors")
+    page.click("mtk-load")
+    page.wait_status("Loaded Stable-diffusion/model.safetensors.")
+    assert "Model type identified as SD-v1" in page.text("mtk-basic")
+    assert page.text("mtk-name") == "model-pruned"
+
+    # Hard way: export its VAE, CLIP and UNET.
+    page.tab("Advanced")
+    assert "Architecture" in page.page.content()
+    for cls, folder, suffix in (
+        ("VAE-v1", "VAE", "vae"),
+        ("CLIP-v1", "Components", "clip"),
+        ("UNET-v1", "Components", "unet"),
+    ):
+        page.choose("mtk-class", cls)
+        assert page.text("mtk-export-name") == f"model.{suffix}"
+        page.click("mtk-export")
+        page.wait_status(f"Exported {cls} to {root / folder / f'model.{suffix}.safetensors'}.")
+
+    # Load NEW SD-v1 and import UNET, CLIP and VAE from the exported files.
+    page.click("mtk-refresh")
+    page.wait_status("Refreshed")
+    page.choose("mtk-source", "NEW SD-v1")
+    page.click("mtk-load")
+    page.wait_status("Loaded NEW SD-v1.")
+    page.tab("Advanced")
+    for cls, label in (
+        ("UNET-v1", "Components/model.unet.safetensors"),
+        ("CLIP-v1", "Components/model.clip.safetensors"),
+        ("VAE-v1", "VAE/model.vae.safetensors"),
+    ):
+        page.choose("mtk-class", cls)
+        page.choose("mtk-import-from", label)
+        page.click("mtk-import")
+        page.wait_status(f"Imported {cls} from {label}.")
+    assert "Model type identified as SD-v1" in page.text("mtk-basic")
+    page.click("mtk-save")
+    built = root / "Stable-diffusion" / "SD-v1-built.safetensors"
+    page.wait_status(f"Saved {built}.")
+
+    # The saved file, checked with the library.
+    with mtk.open(built) as model:
+        assert mtk.analyze(model).architecture == "SD-v1"
+        assert {ref.dtype.name for ref in model.tensors.values()} == {"F16", "I64"}
+    for key in (UNET_KEY, CLIP_KEY, VAE_KEY):
+        assert np.array_equal(tensor(built, key), first[key]), key
+
+    # Easy way: replace the VAE of a checkpoint with another model's.
+    page.choose("mtk-source", "Stable-diffusion/model.safetensors")
+    page.click("mtk-load")
+    page.wait_status("Loaded Stable-diffusion/model.safetensors.")
+    page.tab("Advanced")
+    page.choose("mtk-class", "VAE-v1")
+    page.choose("mtk-import-from", "Stable-diffusion/other.safetensors")
+    page.click("mtk-import")
+    page.wait_status("Imported VAE-v1 from Stable-diffusion/other.safetensors.")
+    page.choose("mtk-precision", "FP32")
+    page.wait_status("Size estimate for FP32.")
+    page.page.locator("#mtk-name input, #mtk-name textarea").first.fill("model-other-vae")
+    page.click("mtk-save")
+    easy = root / "Stable-diffusion" / "model-other-vae.safetensors"
+    page.wait_status(f"Saved {easy}.")
+    assert np.array_equal(tensor(easy, VAE_KEY), other[VAE_KEY].astype(np.float32))
+    assert np.array_equal(tensor(easy, UNET_KEY), first[UNET_KEY].astype(np.float32))
+
+    # An error is a message in the page: saving again under the same name is refused.
+    page.click("mtk-save")
+    message = page.wait_status("Error:")
+    assert "exists" in message and "Traceback" not in page.page.content()

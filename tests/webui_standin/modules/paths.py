@@ -1,0 +1,3 @@
+import os
+
+models_path = os.environ["STANDIN_MODELS"]
