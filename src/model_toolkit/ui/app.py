@@ -189,8 +189,10 @@ def build_ui(folders: ModelFolders, fix_clip: Callable[[], bool] = lambda: False
 
         precision.change(on_precision, inputs=[state, precision], outputs=[basic, advanced, status])
 
+        # Choosing an architecture or class leaves the status line alone (gr.update()): these
+        # also fire right after Load, whose message must stay.
         @guarded(4)
-        def on_arch(state_: SessionHolder, arch_: str) -> tuple[Any, Any, Any, str]:
+        def on_arch(state_: SessionHolder, arch_: str) -> tuple[Any, Any, Any, Any]:
             session = session_of(state_)
             classes = session.classes(arch_) if arch_ else []
             chosen = classes[0] if classes else None
@@ -198,21 +200,21 @@ def build_ui(folders: ModelFolders, fix_clip: Callable[[], bool] = lambda: False
                 gr.update(choices=classes, value=chosen),
                 gr.update(choices=session.components(arch_, chosen) if chosen else [AUTO]),
                 gr.update(choices=session.import_candidates(chosen) if chosen else []),
-                "",
+                gr.update(),
             )
 
         arch.change(on_arch, inputs=[state, arch], outputs=[cls, component, import_from, status])
 
         @guarded(4)
-        def on_class(state_: SessionHolder, arch_: str, cls_: str) -> tuple[Any, Any, Any, str]:
+        def on_class(state_: SessionHolder, arch_: str, cls_: str) -> tuple[Any, Any, Any, Any]:
             session = session_of(state_)
             if not cls_:
-                return gr.update(), gr.update(), gr.update(), ""
+                return gr.update(), gr.update(), gr.update(), gr.update()
             return (
                 gr.update(choices=session.components(arch_, cls_), value=AUTO),
                 gr.update(choices=session.import_candidates(cls_), value=None),
                 gr.update(value=session.suggested_export_name(cls_)),
-                "",
+                gr.update(),
             )
 
         cls.change(
