@@ -284,6 +284,10 @@ def prune(
     precision: PrecisionOption = "fp16",
     keep_ema: Annotated[bool, typer.Option(help="Keep the EMA weights.")] = False,
     fix_clip: FixClipOption = False,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(help="An optional class to remove (T5-XXL of a Flux or SD3 file)."),
+    ] = None,
     modelspec: ModelSpecOption = False,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
@@ -291,7 +295,7 @@ def prune(
     """Keep what the model's architecture needs: drop junk and EMA, cast to fp16, fix names."""
     dtype = precision_dtype(precision)
     with open_model(source) as model:
-        plan = operations.prune(model, dtype, keep_ema, fix_clip)
+        plan = operations.prune(model, dtype, keep_ema, fix_clip, tuple(drop or ()))
         target = output or _free_name(source.parent, _stem(source) + "-pruned", ".safetensors")
         size = source.stat().st_size
         _write(plan, target, [source], overwrite, as_json, size, modelspec=modelspec)

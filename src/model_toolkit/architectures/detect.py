@@ -87,18 +87,20 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
     found: dict[str, dict[str, list[str]]] = {}
     for arch in registry.architectures.values():
         by_class = {
-            cls: [c for c in classes.get(cls, []) if arch.prefixed in forms[c]]
-            for cls in arch.classes
+            cls: [
+                c for c in classes.get(cls, []) if arch.prefixed in forms[c] and arch.allows(cls, c)
+            ]
+            for cls in arch.all_classes
         }
         by_class = {cls: members for cls, members in by_class.items() if members}
-        if len(by_class) == len(arch.classes):
+        if all(cls in by_class for cls in arch.classes):
             if arch.prefer_superset:
                 by_class = {
                     cls: [max(m, key=lambda c: len(registry.components[c].keys))]
                     for cls, m in by_class.items()
                 }
             found[arch.name] = by_class
-        elif by_class:
+        elif any(cls in by_class for cls in arch.classes):
             missing_classes = sorted(set(arch.classes) - set(by_class))
             rejected.append(Rejection(arch.name, "Missing required classes", missing_classes))
 

@@ -38,7 +38,7 @@ class Architecture:
     """A named set of classes, found when a component of each class is found."""
 
     name: str
-    classes: tuple[str, ...]
+    classes: tuple[str, ...]  # each must have a component for the architecture to be found
     prefixed: bool  # components carry their prefix (full checkpoints) or not (component files)
     optional: frozenset[Key]  # keys the architecture allows besides its components
     partial: bool = False  # a *-BROKEN result: hidden when a complete SD- architecture is found
@@ -46,6 +46,15 @@ class Architecture:
     prefer_superset: bool = False  # of two components of a class, only the larger is listed
     kind: str | None = None  # what it is to a user (checkpoint, vae, lora, ...); None: partial
     modelspec: dict[str, str] | None = None  # ModelSpec architecture and implementation
+    optional_classes: tuple[str, ...] = ()  # kept when present (SD3/Flux text encoders)
+    only: dict[str, tuple[str, ...]] | None = None  # class -> the components allowed for it
+
+    @property
+    def all_classes(self) -> tuple[str, ...]:
+        return self.classes + self.optional_classes
+
+    def allows(self, cls: str, component: str) -> bool:
+        return self.only is None or cls not in self.only or component in self.only[cls]
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,8 @@ def load_registry() -> Registry:
             spec.get("prefer_superset", False),
             spec.get("kind"),
             spec.get("modelspec"),
+            tuple(spec.get("optional_classes", ())),
+            {cls: tuple(names) for cls, names in spec["only"].items()} if "only" in spec else None,
         )
         for name, spec in raw["architectures"].items()
     }

@@ -37,7 +37,7 @@ def build(
     given = [cls for cls, _, _ in parts]
     for cls in given:
         check_class(cls)
-        if cls not in arch.classes:
+        if cls not in arch.all_classes:
             raise UsageError(f"{arch_name} cannot contain {cls}")
     if len(set(given)) != len(given):
         raise UsageError("each class can be given once")

@@ -14,13 +14,19 @@ FP16 = DTYPES["F16"]
 
 
 def prune(
-    source: Source, precision: DType | None = FP16, keep_ema: bool = False, fix_clip: bool = False
+    source: Source,
+    precision: DType | None = FP16,
+    keep_ema: bool = False,
+    fix_clip: bool = False,
+    drop: tuple[str, ...] = (),
 ) -> Plan:
     """The original toolkit's Save: the resolved architecture's keys (its components' and the
     optional scheduler buffers), junk and EMA dropped (EMA kept on request), NAI CLIP names
     renamed, position ids made int64 (0..76 with fix_clip), floats cast to `precision`.
 
     A partial model (`*-BROKEN`) keeps every complete component found in it, with a warning.
+    `drop` removes optional classes (the T5-XXL of an all-in-one Flux or SD3 file), only when
+    asked: a file without its text encoders needs them from elsewhere.
     """
     name = source_name(source)
     analysis = analyze(source, precision, keep_ema)
@@ -39,6 +45,22 @@ def prune(
         warnings.append(
             f"{name} is a partial model: it has only {', '.join(parts)}; all of them are kept"
         )
+    spec = registry.architectures[arch]
+    for cls in drop:
+        if cls not in spec.optional_classes:
+            optional = ", ".join(spec.optional_classes) or "none"
+            raise UsageError(f"{arch} cannot do without {cls}; optional classes: {optional}")
+        if cls in analysis.components:
+            component = registry.components[analysis.components[cls]]
+            dropped = allowed_keys(arch, {cls: [component.name]}, registry, {cls})
+            # Its loose extras go with it (`text_encoders.t5xxl.logit_scale` beside
+            # `text_encoders.t5xxl.transformer.`): the keys under the prefix's parent.
+            parent = component.prefix.rstrip(".").rpartition(".")[0] + "."
+            kept -= {
+                n
+                for n, key in analysis.detection.keys.items()
+                if key in dropped or (parent != "." and n.startswith(parent))
+            }
     entries = entries_of(source)
     position_ids = set(analysis.position_ids)
     planned = [
@@ -52,6 +74,7 @@ def prune(
         "precision": precision_name(precision),
         "keep_ema": keep_ema,
         "fix_clip": fix_clip,
+        "dropped": list(drop),
         "from": name,
     }
     return Plan(planned, record(source.metadata, operation), origin_of(source), warnings)

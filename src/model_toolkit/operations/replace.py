@@ -36,7 +36,7 @@ def replace(
     if arch_name is None:
         raise UsageError(f"{target_name}: model type could not be identified")
     arch = registry.architectures[arch_name]
-    if cls not in arch.classes:
+    if cls not in arch.all_classes:
         raise UsageError(f"{arch_name} cannot contain {cls}")
     source_analysis = analyze(source)
     found = find_component(source_analysis, cls, component, source_name_)

@@ -166,7 +166,9 @@ class Session:
 
     def classes(self, arch: str) -> list[str]:
         registry = load_registry()
-        return list(registry.architectures[arch].classes) if arch in registry.architectures else []
+        return (
+            list(registry.architectures[arch].all_classes) if arch in registry.architectures else []
+        )
 
     def components(self, arch: str, cls: str) -> list[str]:
         """`auto` and the components of `cls` found in the model under `arch`."""

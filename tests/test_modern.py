@@ -1,0 +1,207 @@
+"""SD3/SD3.5, Flux, their 16-channel VAE and text encoders, SDXL inpainting: identified from
+real key lists (tests/data/keys, package data), and the operations on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import model_toolkit as mtk
+from conftest import as_bytes, key_list, shapes_of, with_prefix, write_sparse_safetensors
+from model_toolkit.architectures import keylists
+from model_toolkit.architectures.detect import detect
+from model_toolkit.operations import build, extract, prune
+
+SD3_AIO = key_list("Checkpoint-SD3-medium-ComfyUI-AIO")
+FLUX_AIO = key_list("Checkpoint-Flux-dev-ComfyUI-AIO")
+SDXL = key_list("Checkpoint-SDXL-SGM")
+T5 = "text_encoders.t5xxl."
+
+
+def without(entries, *prefixes):
+    return [(n, s) for n, s in entries if not n.startswith(prefixes)]
+
+
+CASES = {
+    "SD3 all-in-one": (
+        SD3_AIO,
+        "SD-v3",
+        ["MMDiT-v3-Medium", "VAE-v3-SD", "CLIP-L-SD", "CLIP-G-SD", "T5-XXL-SD"],
+    ),
+    "SD3 with CLIPs": (
+        without(SD3_AIO, T5),
+        "SD-v3",
+        ["MMDiT-v3-Medium", "VAE-v3-SD", "CLIP-L-SD", "CLIP-G-SD"],
+    ),
+    "SD3 bare": (without(SD3_AIO, "text_encoders."), "SD-v3", ["MMDiT-v3-Medium", "VAE-v3-SD"]),
+    "SD3.5 large": (
+        with_prefix(keylists.load("MMDiT-v3.5-Large"), "model.diffusion_model.")
+        + with_prefix(keylists.load("VAE-v3-SD"), "first_stage_model."),
+        "SD-v3.5-Large",
+        ["MMDiT-v3.5-Large", "VAE-v3-SD"],
+    ),
+    "SD3.5 medium": (
+        with_prefix(keylists.load("MMDiT-v3.5-Medium"), "model.diffusion_model.")
+        + with_prefix(keylists.load("VAE-v3-SD"), "first_stage_model."),
+        "SD-v3.5-Medium",
+        ["MMDiT-v3.5-Medium", "VAE-v3-SD"],
+    ),
+    "Flux dev all-in-one": (
+        FLUX_AIO,
+        "Flux-v1-Dev",
+        ["Flux-v1-Dev", "VAE-v3-Flux", "CLIP-L-SD", "T5-XXL-SD"],
+    ),
+    "Flux dev without T5": (
+        without(FLUX_AIO, T5),
+        "Flux-v1-Dev",
+        ["Flux-v1-Dev", "VAE-v3-Flux", "CLIP-L-SD"],
+    ),
+    "Flux schnell all-in-one": (
+        without(FLUX_AIO, "model.diffusion_model.guidance_in."),
+        "Flux-v1-Schnell",
+        ["Flux-v1-Schnell", "VAE-v3-Flux", "CLIP-L-SD", "T5-XXL-SD"],
+    ),
+    "Flux dev (BFL)": (keylists.load("Flux-v1-Dev"), "Flux-v1", ["Flux-v1-Dev"]),
+    "Flux schnell (BFL)": (keylists.load("Flux-v1-Schnell"), "Flux-v1", ["Flux-v1-Schnell"]),
+    "Flux fill (BFL)": (keylists.load("Flux-v1-Fill"), "Flux-v1", ["Flux-v1-Fill"]),
+    "MMDiT 3.5 large": (
+        keylists.load("MMDiT-v3.5-Large"),
+        "MMDiT-v3.5-Large",
+        ["MMDiT-v3.5-Large"],
+    ),
+    "16-channel VAE (ae.safetensors)": (keylists.load("VAE-v3-SD"), "VAE-v3", ["VAE-v3-SD"]),
+    "clip_l.safetensors": (keylists.load("CLIP-L-SD"), "CLIP-L", ["CLIP-L-SD"]),
+    "clip_g.safetensors": (keylists.load("CLIP-G-SD"), "CLIP-G", ["CLIP-G-SD"]),
+    "t5xxl_fp16.safetensors": (keylists.load("T5-XXL-SD"), "T5-XXL", ["T5-XXL-SD"]),
+    "SDXL inpainting": (
+        [
+            (n, (320, 9, 3, 3) if n == "model.diffusion_model.input_blocks.0.0.weight" else s)
+            for n, s in SDXL
+        ],
+        "SD-XL",
+        ["UNET-XL-Inpainting", "VAE-v1-SD", "CLIP-XL-SD", "CLIP-XL-AUX-SD"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_identified_with_their_components(case):
+    entries, arch, components = CASES[case]
+    detection = detect(shapes_of(entries))
+    assert detection.resolved == arch
+    assert sorted(detection.components.values()) == sorted(components)
+    assert list(detection.found) == [arch]
+
+
+def test_an_sdxl_file_missing_one_clip_layer_is_rejected_with_the_reason():
+    layer = "conditioner.embedders.1.model.transformer.resblocks.31."
+    detection = detect(shapes_of(without(SDXL, layer)))
+    assert detection.resolved != "SD-XL"
+    reasons = {r.name: r for r in detection.rejected}
+    assert reasons["CLIP-XL-SD"].reason == "Missing required keys (12 of 390)"
+    assert any(line.startswith(layer) for line in reasons["CLIP-XL-SD"].missing)
+    assert reasons["SD-XL"].reason == "Missing required classes"
+    assert reasons["SD-XL"].missing == ["CLIP-XL"]
+
+
+def test_a_flux_transformer_with_one_block_removed_is_rejected_with_the_reason():
+    entries = without(keylists.load("Flux-v1-Dev"), "single_blocks.37.")
+    detection = detect(shapes_of(entries))
+    assert detection.resolved is None
+    reasons = {r.name: r for r in detection.rejected}
+    assert reasons["Flux-v1-Dev"].reason.startswith("Missing required keys (")
+    assert all("single_blocks.37." in line for line in reasons["Flux-v1-Dev"].missing)
+
+
+def test_flux_architecture_names_in_the_report(tmp_path):
+    path = write_sparse_safetensors(tmp_path / "flux.safetensors", FLUX_AIO, "BF16")
+    with mtk.open(path) as model:
+        from model_toolkit.report import Findings, basic_report
+
+        text = basic_report(mtk.analyze(model), Findings())
+    assert "Model type identified as Flux-v1-Dev." in text
+    assert "Model components are: Flux-v1-Dev, VAE-v3-Flux, CLIP-L-SD, T5-XXL-SD." in text
+
+
+# -- operations on the new families (SD3 medium: the smallest, ~6 GB listed, holes on disk) --
+
+
+@pytest.fixture(scope="module")
+def sd3_file(tmp_path_factory):
+    """SD3 medium all-in-one, fp16, with random values in a tensor of each part."""
+    rng = np.random.default_rng(5)
+    picks = [
+        "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+        "first_stage_model.decoder.conv_in.weight",
+        "text_encoders.clip_g.transformer.text_model.final_layer_norm.weight",
+        "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight",
+    ]
+    shapes = dict(SD3_AIO)
+    fill = {name: rng.standard_normal(shapes[name]).astype(np.float16) for name in picks}
+    path = tmp_path_factory.mktemp("sd3") / "sd3_medium.safetensors"
+    return write_sparse_safetensors(path, SD3_AIO, "F16", fill), fill
+
+
+def test_prune_drops_t5_only_when_asked(sd3_file, tmp_path):
+    path, fill = sd3_file
+    out = tmp_path / "sd3-no-t5.safetensors"
+    with mtk.open(path) as model:
+        assert any(e.name.startswith(T5) for e in prune(model, None).entries)  # kept by default
+        mtk.write_plan(prune(model, None, drop=("T5-XXL",)), out)
+    with safe_open(out, "np") as handle:
+        names = list(handle.keys())
+        assert not any(n.startswith(T5) for n in names)  # its logit_scale went with it
+        assert len(names) == len(without(SD3_AIO, T5))
+        for name, values in fill.items():
+            assert np.array_equal(handle.get_tensor(name), values), name
+    with mtk.open(out) as model:
+        analysis = mtk.analyze(model)
+        assert analysis.architecture == "SD-v3" and "T5-XXL" not in analysis.components
+    with mtk.open(path) as model, pytest.raises(mtk.UsageError, match="cannot do without VAE-v3"):
+        prune(model, drop=("VAE-v3",))
+
+
+def test_the_16_channel_vae_to_fp8(tmp_path):
+    vae = keylists.load("VAE-v3-SD")
+    values = np.random.default_rng(2).standard_normal(dict(vae)["decoder.conv_in.weight"])
+    fill = {"decoder.conv_in.weight": values.astype(np.float32)}
+    path = write_sparse_safetensors(tmp_path / "ae.safetensors", vae, "F32", fill)
+    out = tmp_path / "ae-fp8.safetensors"
+    with mtk.open(path) as model:
+        mtk.write_plan(prune(model, mtk.precision_dtype("fp8_e4m3fn")), out)
+    with safe_open(out, "pt") as handle:
+        got = handle.get_tensor("decoder.conv_in.weight")
+        assert got.dtype == torch.float8_e4m3fn
+        expected = torch.from_numpy(fill["decoder.conv_in.weight"]).to(torch.float8_e4m3fn)
+        assert as_bytes(got) == as_bytes(expected)
+    with mtk.open(out) as model:
+        assert mtk.analyze(model).architecture == "VAE-v3"
+
+
+def test_extract_then_build_an_sd3_file_from_its_parts(sd3_file, tmp_path):
+    path, fill = sd3_file
+    parts = {}
+    with mtk.open(path) as model:
+        for cls in ("MMDiT-v3", "VAE-v3", "CLIP-L", "CLIP-G"):
+            parts[cls] = tmp_path / f"{cls}.safetensors"
+            mtk.write_plan(extract(model, cls), parts[cls])
+    for cls, part in parts.items():
+        with mtk.open(part) as model:
+            assert mtk.analyze(model).architecture == cls  # a standalone component file
+    built = tmp_path / "built.safetensors"
+    opened = {cls: mtk.open(p) for cls, p in parts.items()}
+    try:
+        plan = build("SD-v3", [(cls, model, None) for cls, model in opened.items()])
+        mtk.write_plan(plan, built)
+    finally:
+        for model in opened.values():
+            model.close()
+    with mtk.open(built) as model:
+        analysis = mtk.analyze(model)
+        assert analysis.architecture == "SD-v3"
+        assert set(analysis.components) == {"MMDiT-v3", "VAE-v3", "CLIP-L", "CLIP-G"}
+    with safe_open(built, "np") as handle:
+        for name, values in fill.items():
+            assert np.array_equal(handle.get_tensor(name), values), name
