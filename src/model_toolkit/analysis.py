@@ -6,7 +6,7 @@ broken position ids) are computed in fingerprints.py, only when asked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.registry import Key, load_registry
@@ -57,6 +57,7 @@ class Analysis:
     position_ids: list[str]  # the CLIP position ids tensors of the resolved architecture
     keep_ema: bool
     precision: DType | None
+    lora_ranks: list[int] = field(default_factory=list)  # the free (rank) sizes of a LoRA
 
     @property
     def architecture(self) -> str | None:
@@ -131,6 +132,14 @@ def analyze(
                 if name in tensors:
                     position_ids.append(name)
     sizes = Sizes(total, junk_size, ema_size, waste, total - junk_size - ema_size - waste)
+    ranks = sorted(
+        {
+            size
+            for name in kept
+            for size, spec in zip(shapes[name], detection.keys[name][1], strict=True)
+            if spec == -1
+        }
+    )
     return Analysis(
         path,
         file_format,
@@ -146,4 +155,5 @@ def analyze(
         position_ids,
         keep_ema,
         precision,
+        ranks,
     )

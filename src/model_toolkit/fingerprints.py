@@ -173,3 +173,12 @@ def content_fingerprint(entries: list[tuple[str, PlanEntry]]) -> str:
         for chunk in entry.cast_to(target).iter_chunks():
             digest.update(np.ascontiguousarray(chunk).view(np.uint8))
     return digest.hexdigest()
+
+
+def lora_alphas(analysis: Analysis) -> list[float]:
+    """The distinct values of a LoRA's `.alpha` scalars (a few bytes each)."""
+    values = set()
+    for name in analysis.kept_keys:
+        if name.endswith(".alpha") and analysis.tensors[name].numel == 1:
+            values.add(float(np.asarray(analysis.tensors[name].read(), dtype=np.float64).item()))
+    return sorted(values)

@@ -20,6 +20,7 @@ class Findings:
     metric: Metric | None = None
     known: list[str] | None = None
     broken_position_ids: dict[str, list[int]] | None = None
+    lora_alphas: list[float] | None = None
 
 
 def size_text(count: int) -> str:
@@ -55,6 +56,9 @@ def basic_report(analysis: Analysis, findings: Findings, fix_clip: bool = False)
     else:
         out.append("Model has no components.")
     lines += [" ".join(out), ""]
+    lora = lora_text(analysis, findings)
+    if lora:
+        lines += [lora, ""]
 
     out = []
     junk_keys = analysis.junk_keys + analysis.ema_keys
@@ -148,6 +152,19 @@ def advanced_report(analysis: Analysis, findings: Findings, full: bool = False) 
     return "\n".join(lines) + "\n"
 
 
+def lora_text(analysis: Analysis, findings: Findings) -> str:
+    """`LoRA for SD-XL: rank 16, alpha 8.` (alpha only when tensor values were read)."""
+    arch = analysis.architecture
+    base = load_registry().architectures[arch].base if arch else None
+    if not base:
+        return ""
+    ranks = "/".join(map(str, analysis.lora_ranks)) or "unknown"
+    text = f"LoRA for {base}: rank {ranks}"
+    if findings.lora_alphas:
+        text += ", alpha " + "/".join(f"{a:g}" for a in findings.lora_alphas)
+    return text + "."
+
+
 def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
     detection = analysis.detection
     broken = findings.broken_position_ids
@@ -164,6 +181,13 @@ def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
         "sizes": analysis.sizes.as_dict(),
         "metric": findings.metric.as_dict() if findings.metric else None,
         "known": findings.known or [],
+        "lora": {
+            "base": load_registry().architectures[detection.resolved].base,
+            "ranks": analysis.lora_ranks,
+            "alphas": findings.lora_alphas,
+        }
+        if detection.resolved and load_registry().architectures[detection.resolved].base
+        else None,
         "fixes": {
             "renamed_keys": len(analysis.renamed_keys),
             "broken_position_ids": None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .registry import Key, Registry, load_registry
+from .registry import Component, Key, Registry, load_registry
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Detection:
     rejected: list[Rejection]
     resolved: str | None  # the architecture used
     components: dict[str, str] = field(default_factory=dict)  # class -> component used
+    matched: dict[str, int] = field(default_factory=dict)  # subset component -> keys present
 
     @property
     def candidates(self) -> list[str]:
@@ -38,8 +39,8 @@ class Detection:
 
 def matched_key(name: str, shape: tuple[int, ...], registry: Registry) -> Key:
     """The key as the registry sees it: free dimensions (LoRA rank) become -1."""
-    free = registry.free_shapes.get(name)
-    if free is not None and len(free) == len(shape):
+    free = registry.free_shapes.get(name, {}).get(len(shape))
+    if free is not None:
         shape = tuple(-1 if spec == -1 else size for size, spec in zip(shape, free, strict=True))
     return name, shape
 
@@ -60,12 +61,25 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
     keys = {name: matched_key(name, tuple(shape), registry) for name, shape in shapes.items()}
     keyset = set(keys.values())
     present = {name: key[1] for name, key in keys.items()}
+    real = {name: tuple(shape) for name, shape in shapes.items()}  # what rejections show
     rejected: list[Rejection] = []
 
     forms: dict[str, set[bool]] = {}  # component -> the prefixings it was found in
+    matched: dict[str, int] = {}  # subset component -> how many of its keys the file has
     for component in registry.components.values():
         found_in: set[bool] = set()
         reasons: list[Rejection] = []
+        if component.subset:
+            for prefixed in (True, False):
+                count = _match_subset(component.keyset(prefixed), present, real, reasons, component)
+                if count:
+                    found_in.add(prefixed)
+                    matched[component.name] = max(matched.get(component.name, 0), count)
+            if found_in:
+                forms[component.name] = found_in
+            else:
+                rejected.extend(reasons)
+            continue
         for prefixed in (True, False):
             required = component.keyset(prefixed, required_only=True)
             missing = required - keyset
@@ -73,7 +87,7 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
                 found_in.add(prefixed)
             elif missing != required:
                 reason = f"Missing required keys ({len(missing)} of {len(required)})"
-                rejection = Rejection(component.name, reason, describe_missing(missing, present))
+                rejection = Rejection(component.name, reason, describe_missing(missing, real))
                 if rejection not in reasons:
                     reasons.append(rejection)
         if found_in:
@@ -108,38 +122,75 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
         found = {n: c for n, c in found.items() if not registry.architectures[n].partial}
     found = {n: c for n, c in found.items() if registry.architectures[n].hidden_by not in found}
 
-    resolved = resolve(found, registry)
+    resolved = resolve(found, registry, matched)
     components = (
-        {cls: resolve_class(members, registry)[0] for cls, members in found[resolved].items()}
+        {
+            cls: resolve_class(members, registry, matched)[0]
+            for cls, members in found[resolved].items()
+        }
         if resolved
         else {}
     )
-    return Detection(keys, found, rejected, resolved, components)
+    return Detection(keys, found, rejected, resolved, components, matched)
 
 
-def resolve_class(members: list[str], registry: Registry) -> list[str]:
-    """Prefer the one `-SD` component, else the one with most keys."""
+def _match_subset(
+    keys: frozenset[Key],
+    present: Mapping[str, tuple[int, ...]],
+    real: Mapping[str, tuple[int, ...]],
+    reasons: list[Rejection],
+    component: Component,
+) -> int:
+    """How many of a subset component's keys the file has, all with the right shapes; 0 and a
+    rejection when some have other shapes (a LoRA made for another base)."""
+    spec = dict(keys)
+    names = [name for name in spec if name in present]
+    if not any(-1 in spec[name] for name in names):
+        return 0  # only plain keys (a norm's scale) in common: a base model, not a LoRA
+    wrong = {(name, spec[name]) for name in names if present[name] != spec[name]}
+    if wrong:
+        reason = f"Shapes disagree ({len(wrong)} of {len(names)})"
+        rejection = Rejection(component.name, reason, describe_missing(wrong, real))
+        if rejection not in reasons:
+            reasons.append(rejection)
+        return 0
+    return len(names)
+
+
+def resolve_class(
+    members: list[str], registry: Registry, matched: Mapping[str, int] | None = None
+) -> list[str]:
+    """Prefer the one `-SD` component, else the one with most keys (for LoRAs: most keys
+    present in the file)."""
     if len(members) <= 1:
         return list(members)
+    if matched and all(m in matched for m in members):
+        return [max(members, key=lambda c: matched[c])]
     standard = [c for c in members if c.endswith("-SD")]
     if len(standard) == 1:
         return standard
     return [max(members, key=lambda c: len(registry.components[c].keys))]
 
 
-def resolve(found: dict[str, dict[str, list[str]]], registry: Registry) -> str | None:
+def resolve(
+    found: dict[str, dict[str, list[str]]],
+    registry: Registry,
+    matched: Mapping[str, int] | None = None,
+) -> str | None:
     """The architecture to use: a preferred one if found, else the one with most keys."""
     if not found:
         return None
     for name in registry.preferred:
         if name in found:
             return name
+    matched = matched or {}
 
     def size(name: str) -> int:
-        return sum(
-            len(registry.components[resolve_class(m, registry)[0]].keys)
-            for m in found[name].values()
-        )
+        total = 0
+        for members in found[name].values():
+            chosen = resolve_class(members, registry, matched)[0]
+            total += matched.get(chosen, len(registry.components[chosen].keys))
+        return total
 
     return max(found, key=size)
 

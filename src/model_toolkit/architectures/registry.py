@@ -25,6 +25,7 @@ class Component:
     keys: frozenset[Key]  # every key the component may have, without prefix
     required: frozenset[Key]  # the keys it must have
     ema_of: str | None = None  # an EMA copy: the component it copies, keys without their dots
+    subset: bool = False  # found from any of its keys (a LoRA trains some modules, not all)
 
     def keyset(self, prefixed: bool, required_only: bool = False) -> frozenset[Key]:
         keys = self.required if required_only else self.keys
@@ -48,6 +49,7 @@ class Architecture:
     modelspec: dict[str, str] | None = None  # ModelSpec architecture and implementation
     optional_classes: tuple[str, ...] = ()  # kept when present (SD3/Flux text encoders)
     only: dict[str, tuple[str, ...]] | None = None  # class -> the components allowed for it
+    base: str | None = None  # what a LoRA applies to
 
     @property
     def all_classes(self) -> tuple[str, ...]:
@@ -63,7 +65,7 @@ class Registry:
     architectures: dict[str, Architecture]
     preferred: tuple[str, ...]  # chosen first, in this order, when found
     known: dict[str, dict[str, int]]  # metric values of known components, by part
-    free_shapes: dict[str, tuple[int, ...]]  # key -> shape with -1 where any size matches
+    free_shapes: dict[str, dict[int, tuple[int, ...]]]  # key -> {ndim: shape, -1: any size}
 
     def classes_of(self, names: set[str]) -> dict[str, list[str]]:
         result: dict[str, list[str]] = {}
@@ -81,18 +83,24 @@ def load_registry() -> Registry:
         for name, keys in raw["optional_keys"].items()
     }
     components: dict[str, Component] = {}
-    free_shapes: dict[str, tuple[int, ...]] = {}
+    free_shapes: dict[str, dict[int, tuple[int, ...]]] = {}
     for name, spec in raw["components"].items():
         keys = frozenset(keylists.load(spec["keys"]))
         absent_ok = set(spec.get("optional", []))
         required = frozenset(k for k in keys if k[0] not in absent_ok)
         components[name] = Component(
-            name, spec["class"], spec["prefix"], keys, required, spec.get("ema_of")
+            name,
+            spec["class"],
+            spec["prefix"],
+            keys,
+            required,
+            spec.get("ema_of"),
+            spec.get("subset", False),
         )
         for key, shape in keys:
-            if -1 in shape:
-                free_shapes[key] = shape
-                free_shapes[spec["prefix"] + key] = shape
+            if -1 in shape:  # by rank: one name may be 4-D in one list and 2-D in another
+                free_shapes.setdefault(key, {})[len(shape)] = shape
+                free_shapes.setdefault(spec["prefix"] + key, {})[len(shape)] = shape
     architectures = {
         name: Architecture(
             name,
@@ -106,6 +114,7 @@ def load_registry() -> Registry:
             spec.get("modelspec"),
             tuple(spec.get("optional_classes", ())),
             {cls: tuple(names) for cls, names in spec["only"].items()} if "only" in spec else None,
+            spec.get("base"),
         )
         for name, spec in raw["architectures"].items()
     }

@@ -16,7 +16,7 @@ from ..analysis import Analysis, analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DType, precision_dtype
 from ..errors import UsageError
-from ..fingerprints import broken_position_ids, compute_metric, known_components
+from ..fingerprints import broken_position_ids, compute_metric, known_components, lora_alphas
 from ..formats import open_model
 from ..model import ModelFile
 from ..operations.common import Source
@@ -139,7 +139,10 @@ class Session:
         if self._findings is None:
             metric = compute_metric(analysis)
             self._findings = Findings(
-                metric, known_components(metric), broken_position_ids(analysis)
+                metric,
+                known_components(metric),
+                broken_position_ids(analysis),
+                lora_alphas(analysis),
             )
         return self._findings
 

@@ -1,0 +1,182 @@
+"""LoRA families: kohya (SD2, SDXL, SD3/3.5, Flux), PEFT/diffusers, ai-toolkit, OneTrainer
+DoRA, XLabs, BFL control LoRAs, from real dumps and verified patterns (tests/data/keys/lora):
+identified with their base, rank and alpha; wrong shapes rejected with the reason."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import model_toolkit as mtk
+from model_toolkit.architectures.keylists import load_path
+from model_toolkit.fingerprints import lora_alphas
+
+LORA = Path(__file__).parent / "data" / "keys" / "lora"
+
+# file -> (architecture, {class: component}, base)
+CASES = {
+    "LoRA-kohya-SD2-UNET": ("LoRA-v2", {"LoRA-v2-UNET": "LoRA-v2-UNET-Kohya"}, "SD-v2"),
+    "LoRA-kohya-SDXL-UNET": ("LoRA-XL", {"LoRA-XL-UNET": "LoRA-XL-UNET-Kohya"}, "SD-XL"),
+    "LoRA-kohya-SDXL-UNET-LoCon": ("LoRA-XL", {"LoRA-XL-UNET": "LoRA-XL-UNET-Kohya"}, "SD-XL"),
+    "LoRA-kohya-SDXL-UNET-diffusers-names": (
+        "LoRA-XL",
+        {"LoRA-XL-UNET": "LoRA-XL-UNET-Kohya-Diffusers"},
+        "SD-XL",
+    ),
+    "LoRA-PEFT-SDXL-UNET": ("LoRA-XL", {"LoRA-XL-UNET": "LoRA-XL-UNET-PEFT"}, "SD-XL"),
+    "LoRA-kohya-SD3-medium": ("LoRA-v3", {"LoRA-v3": "LoRA-v3-Kohya"}, "SD-v3"),
+    "LoRA-kohya-SD3.5-large": (
+        "LoRA-v3.5-Large",
+        {"LoRA-v3.5-Large": "LoRA-v3.5-Large-Kohya"},
+        "SD-v3.5-Large",
+    ),
+    "LoRA-kohya-SD3.5-medium": (
+        "LoRA-v3.5-Medium",
+        {"LoRA-v3.5-Medium": "LoRA-v3.5-Medium-Kohya"},
+        "SD-v3.5-Medium",
+    ),
+    "LoRA-Flux-kohya-real": ("LoRA-Flux", {"LoRA-Flux": "LoRA-Flux-Kohya"}, "Flux-v1"),
+    "LoRA-Flux-kohya-with-TE1-real": (
+        "LoRA-Flux",
+        {"LoRA-Flux": "LoRA-Flux-Kohya", "LoRA-Flux-TE1": "LoRA-Flux-TE1-Kohya"},
+        "Flux-v1",
+    ),
+    "LoRA-Flux-diffusers-real": ("LoRA-Flux", {"LoRA-Flux": "LoRA-Flux-Diffusers"}, "Flux-v1"),
+    "LoRA-Flux-diffusers-no-proj-mlp-real": (
+        "LoRA-Flux",
+        {"LoRA-Flux": "LoRA-Flux-Diffusers"},
+        "Flux-v1",
+    ),
+    "LoRA-Flux-PEFT-base-model-real": ("LoRA-Flux", {"LoRA-Flux": "LoRA-Flux-PEFT"}, "Flux-v1"),
+    "LoRA-Flux-aitoolkit-real": ("LoRA-Flux", {"LoRA-Flux": "LoRA-Flux-AIToolkit"}, "Flux-v1"),
+    "LoRA-Flux-OneTrainer-DoRA-real": (
+        "LoRA-Flux",
+        {
+            "LoRA-Flux": "LoRA-Flux-OneTrainer",
+            "LoRA-Flux-TE1": "LoRA-Flux-TE1-OneTrainer",
+            "LoRA-Flux-TE2": "LoRA-Flux-TE2-OneTrainer",
+        },
+        "Flux-v1",
+    ),
+    "LoRA-Flux-xlabs-sample": ("LoRA-Flux", {"LoRA-Flux": "LoRA-Flux-XLabs"}, "Flux-v1"),
+    "LoRA-Flux-Control-Depth-real": (
+        "LoRA-Flux-Control",
+        {"LoRA-Flux-Control": "LoRA-Flux-Control-BFL"},
+        "Flux-v1",
+    ),
+}
+
+
+def ranked(entries, rank):
+    """A list's shapes with its free dimension (-1 in the patterns) set to `rank`."""
+    return [(n, tuple(rank if d == -1 else d for d in s)) for n, s in entries]
+
+
+def write_lora(path, entries, alpha=None):
+    """Float16 LoRA weights (small random values), alphas as float32 scalars."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, shape in entries:
+        if name.endswith(".alpha"):
+            tensors[name] = np.array(alpha if alpha is not None else 1.0, np.float32)
+        elif np.prod(shape) > 1_000_000:  # full-size weights (control LoRAs): zeros will do
+            tensors[name] = np.zeros(shape, np.float16)
+        else:
+            tensors[name] = (rng.standard_normal(shape) * 0.01).astype(np.float16)
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_lora_families_are_identified(name, tmp_path):
+    arch, components, base = CASES[name]
+    entries = load_path(LORA / f"{name}.txt")
+    pattern = any(-1 in shape for _, shape in entries)
+    entries = ranked(entries, 8) if pattern else entries
+    path = write_lora(tmp_path / "lora.safetensors", entries, alpha=4)
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        assert analysis.architecture == arch
+        assert analysis.components == components
+        assert analysis.unknown_keys == []
+        if pattern:
+            assert analysis.lora_ranks == [8]
+        has_alpha = any(n.endswith(".alpha") for n, _ in entries)
+        assert lora_alphas(analysis) == ([4.0] if has_alpha else [])
+    from model_toolkit.architectures.registry import load_registry
+
+    assert load_registry().architectures[arch].base == base
+
+
+def test_a_lora_trained_on_some_modules_only(tmp_path):
+    entries = ranked(load_path(LORA / "LoRA-kohya-SDXL-UNET.txt"), 16)
+    attention_only = [(n, s) for n, s in entries if "_attn1_" in n or "_attn2_" in n]
+    path = write_lora(tmp_path / "some.safetensors", attention_only[:300], alpha=8)
+    result = subprocess.run(
+        [sys.executable, "-m", "model_toolkit", "inspect", path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Model type identified as LoRA-XL." in result.stdout
+    assert "LoRA for SD-XL: rank 16, alpha 8." in result.stdout
+
+
+def test_a_lora_whose_shapes_disagree_with_its_base_is_rejected(tmp_path):
+    entries = ranked(load_path(LORA / "LoRA-kohya-SDXL-UNET.txt"), 16)
+    name = "lora_unet_input_blocks_4_1_proj_in.lora_down.weight"
+    broken = [(n, (16, 999) if n == name else s) for n, s in entries]
+    path = write_lora(tmp_path / "broken.safetensors", broken)
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture is None
+    [rejection] = [r for r in analysis.detection.rejected if r.name == "LoRA-XL-UNET-Kohya"]
+    assert rejection.reason == f"Shapes disagree (1 of {len(entries)})"
+    assert rejection.missing == [f"{name} [-1,640] (found [16,999])"]
+
+
+def test_an_sd1_lora_is_not_taken_for_an_sd2_one(tmp_path):
+    """SD-v1 and SD-v2 kohya LoRAs share names; SD-v1's cross-attention takes 768 inputs."""
+    entries = ranked(load_path(LORA / "LoRA-kohya-SD2-UNET.txt"), 4)
+    sd1 = [
+        (n, (4, 768) if "attn2_to_k.lora_down" in n or "attn2_to_v.lora_down" in n else s)
+        for n, s in entries
+    ]
+    path = write_lora(tmp_path / "sd1ish.safetensors", sd1)
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture != "LoRA-v2"
+    assert any(
+        r.name == "LoRA-v2-UNET-Kohya" and r.reason.startswith("Shapes disagree")
+        for r in analysis.detection.rejected
+    )
+
+
+def test_lora_json_report_and_autoprune_kind(tmp_path):
+    entries = ranked(load_path(LORA / "LoRA-kohya-Flux.txt"), 32)
+    path = write_lora(tmp_path / "flux-lora.safetensors", entries, alpha=16)
+    result = subprocess.run(
+        [sys.executable, "-m", "model_toolkit", "inspect", path, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = json.loads(result.stdout)
+    assert report["lora"] == {"base": "Flux-v1", "ranks": [32], "alphas": [16.0]}
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "autoprune").mkdir()
+    path.rename(models / "autoprune" / "flux-lora.safetensors")
+    from model_toolkit.autoprune import Autopruner, Options, make_layout
+
+    [outcome] = Autopruner(make_layout(models), Options(settle_seconds=0)).run_once()
+    assert (outcome.status, outcome.kind, outcome.architecture) == ("filed", "lora", "LoRA-Flux")
+    assert (models / "loras" / "flux-lora.safetensors").is_file()
