@@ -3,6 +3,8 @@ real key lists (tests/data/keys, package data), and the operations on them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ import model_toolkit as mtk
 from conftest import as_bytes, key_list, shapes_of, with_prefix, write_sparse_safetensors
 from model_toolkit.architectures import keylists
 from model_toolkit.architectures.detect import detect
+from model_toolkit.architectures.keylists import load_path
 from model_toolkit.operations import build, extract, prune
 
 SD3_AIO = key_list("Checkpoint-SD3-medium-ComfyUI-AIO")
@@ -84,6 +87,33 @@ CASES = {
         ["UNET-XL-Inpainting", "VAE-v1-SD", "CLIP-XL-SD", "CLIP-XL-AUX-SD"],
     ),
 }
+
+
+EXTRA = Path(__file__).parent / "data" / "keys" / "extra"
+ADAPTERS = {
+    "ControlNet-v1-diffusers": ("ControlNet-v1", "ControlNet-v1-Diffusers"),
+    "ControlNet-XL-diffusers": ("ControlNet-XL", "ControlNet-XL-Diffusers"),
+    "ControlNet-Flux-InstantX-Union-real": ("ControlNet-Flux", "ControlNet-Flux-InstantX"),
+    "ControlNet-Flux-XLabs-real": ("ControlNet-Flux", "ControlNet-Flux-XLabs"),
+    "T2IAdapter-v1-diffusers": ("T2I-Adapter-v1", "T2I-Adapter-v1-Diffusers"),
+    "T2IAdapter-XL-diffusers": ("T2I-Adapter-XL", "T2I-Adapter-XL-Diffusers"),
+    "T2IAdapter-v1-TencentARC": ("T2I-Adapter-v1", "T2I-Adapter-v1-TencentARC"),
+}
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_controlnets_and_adapters(name):
+    arch, component = ADAPTERS[name]
+    detection = detect(shapes_of(load_path(EXTRA / f"{name}.txt")))
+    assert (detection.resolved, list(detection.found)) == (arch, [arch])
+    assert list(detection.components.values()) == [component]
+
+
+def test_a_grayscale_t2i_adapter_has_fewer_input_channels():
+    entries = load_path(EXTRA / "T2IAdapter-XL-diffusers.txt")
+    gray = [(n, (320, 256, 3, 3) if n == "adapter.conv_in.weight" else s) for n, s in entries]
+    detection = detect(shapes_of(gray))
+    assert detection.components == {"T2I-Adapter-XL": "T2I-Adapter-XL-Diffusers-Gray"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
