@@ -235,3 +235,77 @@ def test_extract_then_build_an_sd3_file_from_its_parts(sd3_file, tmp_path):
     with safe_open(built, "np") as handle:
         for name, values in fill.items():
             assert np.array_equal(handle.get_tensor(name), values), name
+
+
+# -- hints: what keys cannot decide ----------------------------------------------------------
+
+
+def sd2_entries():
+    from model_toolkit.architectures.registry import load_registry
+
+    components = load_registry().components
+    entries = []
+    for name in ("UNET-v2-SD", "VAE-v1-SD", "CLIP-v2-SD"):
+        entries += with_prefix(sorted(components[name].keys), components[name].prefix)
+    return entries
+
+
+@pytest.mark.parametrize(("std", "expected"), [(0.2, "v-prediction"), (0.02, "epsilon")])
+def test_sd2_prediction_is_a_hint_from_one_bias(tmp_path, std, expected):
+    from model_toolkit.hints import SD2_VPRED_KEY, data_hints, header_hints
+
+    values = np.random.default_rng(1).standard_normal(320).astype(np.float32) * std
+    path = write_sparse_safetensors(
+        tmp_path / "sd2.safetensors",
+        sd2_entries(),
+        "F16",
+        {SD2_VPRED_KEY: values.astype(np.float16)},
+    )
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        assert analysis.architecture == "SD-v2"
+        [hint] = data_hints(analysis)
+        assert (hint.topic, hint.value) == ("prediction", expected)
+        assert "threshold 0.09, as ComfyUI reads it" in hint.evidence
+        assert header_hints(analysis, {"global_step": 875000})[0].value == "epsilon"
+
+
+def test_sdxl_markers_and_metadata_are_hints_and_prune_keeps_the_markers(tmp_path):
+    from safetensors.numpy import save_file
+
+    from model_toolkit.hints import header_hints
+
+    entries = SDXL + [("v_pred", (0,)), ("ztsnr", (0,))]
+    path = write_sparse_safetensors(tmp_path / "noob.safetensors", entries, "F16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        assert analysis.architecture == "SD-XL" and analysis.unknown_keys == []
+        assert [h.value for h in header_hints(analysis, {})] == [
+            "v-prediction",
+            "zero terminal SNR",
+        ]
+        kept = {e.name for e in prune(model).entries}
+    assert {"v_pred", "ztsnr"} <= kept
+    lora = tmp_path / "lora.safetensors"
+    save_file(
+        {"x": np.zeros(1, np.float32)}, str(lora), {"ss_base_model_version": "sdxl_base_v1-0"}
+    )
+    with mtk.open(lora) as model:
+        [hint] = header_hints(mtk.analyze(model), model.metadata)
+    assert hint.text() == (
+        "training metadata: ss_base_model_version = sdxl_base_v1-0 (written by the trainer)"
+    )
+
+
+def test_flux_variant_hint_in_the_report(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_sparse_safetensors(tmp_path / "flux.safetensors", FLUX_AIO, "BF16")
+    result = subprocess.run(
+        [sys.executable, "-m", "model_toolkit", "inspect", path, "--no-metric"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Hint, variant: dev-like (guidance distilled) (guidance_in is present)." in result.stdout

@@ -139,14 +139,16 @@ def inspect(
     """Identify a model and report what is in it, as the original toolkit's reports."""
     from .analysis import analyze
     from .fingerprints import broken_position_ids, compute_metric, known_components, lora_alphas
+    from .hints import data_hints, header_hints
     from .report import Findings, advanced_report, basic_report
     from .report import as_json as json_report
 
     dtype = precision_dtype(precision)
     with open_model(file) as model:
         analysis = analyze(model, dtype)
-        findings = Findings()
+        findings = Findings(hints=header_hints(analysis, model.metadata))
         if not no_metric:
+            findings.hints += data_hints(analysis)
             findings.metric = compute_metric(analysis)
             findings.known = known_components(findings.metric)
             findings.broken_position_ids = broken_position_ids(analysis)

@@ -8,6 +8,7 @@ from typing import Any
 from .analysis import Analysis
 from .architectures.registry import load_registry
 from .fingerprints import Metric
+from .hints import Hint
 
 JUNK_AS_SIZE = 16 * 1024 * 1024  # below this, junk is counted in keys rather than bytes
 ABBREVIATE = 5
@@ -21,6 +22,7 @@ class Findings:
     known: list[str] | None = None
     broken_position_ids: dict[str, list[int]] | None = None
     lora_alphas: list[float] | None = None
+    hints: list[Hint] | None = None
 
 
 def size_text(count: int) -> str:
@@ -59,6 +61,8 @@ def basic_report(analysis: Analysis, findings: Findings, fix_clip: bool = False)
     lora = lora_text(analysis, findings)
     if lora:
         lines += [lora, ""]
+    if findings.hints:
+        lines += [f"Hint, {hint.text()}." for hint in findings.hints] + [""]
 
     out = []
     junk_keys = analysis.junk_keys + analysis.ema_keys
@@ -181,6 +185,7 @@ def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
         "sizes": analysis.sizes.as_dict(),
         "metric": findings.metric.as_dict() if findings.metric else None,
         "known": findings.known or [],
+        "hints": [hint.as_dict() for hint in findings.hints or []],
         "lora": {
             "base": load_registry().architectures[detection.resolved].base,
             "ranks": analysis.lora_ranks,

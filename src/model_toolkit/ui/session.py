@@ -18,6 +18,7 @@ from ..dtypes import DType, precision_dtype
 from ..errors import UsageError
 from ..fingerprints import broken_position_ids, compute_metric, known_components, lora_alphas
 from ..formats import open_model
+from ..hints import data_hints, header_hints
 from ..model import ModelFile
 from ..operations.common import Source
 from ..plan import Plan
@@ -143,6 +144,7 @@ class Session:
                 known_components(metric),
                 broken_position_ids(analysis),
                 lora_alphas(analysis),
+                header_hints(analysis, self.current().metadata) + data_hints(analysis),
             )
         return self._findings
 

@@ -1,0 +1,85 @@
+"""What keys and shapes cannot decide, said as hints with their evidence, never as certainty.
+
+SD-v2 768-v and 512-base checkpoints have identical keys; an SDXL v-prediction model differs
+from an epsilon one only by marker keys some tools add; trainers write what they trained into
+the metadata. Each hint names its evidence so that users can judge it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .analysis import Analysis
+
+# ComfyUI's SD20.model_type: the std of this bias tells v-prediction (> 0.09) from epsilon.
+SD2_VPRED_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+SD2_VPRED_STD = 0.09
+# Markers that ComfyUI and reForge read in SDXL files (NoobAI v-pred and others).
+MARKERS = {
+    "v_pred": "v-prediction",
+    "ztsnr": "zero terminal SNR",
+    "edm_vpred.sigma_max": "EDM v-prediction",
+    "edm_vpred.sigma_min": "EDM v-prediction",
+}
+METADATA_KEYS = (
+    "modelspec.architecture",
+    "modelspec.prediction_type",
+    "ss_base_model_version",
+    "ss_v2",
+    "ss_v_parameterization",
+)
+# diffusers and InvokeAI guess SD-v2's prediction from the training step it was saved at.
+STEP_GUESSES = {875000: "epsilon", 220000: "epsilon", 110000: "v-prediction"}
+
+
+@dataclass(frozen=True)
+class Hint:
+    topic: str  # "prediction", "base model", ...
+    value: str
+    evidence: str
+
+    def text(self) -> str:
+        return f"{self.topic}: {self.value} ({self.evidence})"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"topic": self.topic, "value": self.value, "evidence": self.evidence}
+
+
+def header_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:
+    """Hints from names and metadata only: no tensor data is read."""
+    hints = []
+    names = set(analysis.tensors)
+    for key, meaning in MARKERS.items():
+        if key in names:
+            hints.append(Hint("prediction", meaning, f"the file has a `{key}` key"))
+    for key in METADATA_KEYS:
+        if key in metadata:
+            value = metadata[key]
+            text = value if isinstance(value, str) else json.dumps(value)
+            hints.append(Hint("training metadata", f"{key} = {text}", "written by the trainer"))
+    step = metadata.get("global_step")
+    if analysis.architecture == "SD-v2" and isinstance(step, int) and step in STEP_GUESSES:
+        evidence = f"global_step {step}, as diffusers and InvokeAI guess it"
+        hints.append(Hint("prediction", STEP_GUESSES[step], evidence))
+    if analysis.architecture and analysis.architecture.startswith("Flux-v1"):
+        has_guidance = any(".guidance_in." in name for name in names)
+        value = "dev-like (guidance distilled)" if has_guidance else "schnell-like"
+        hints.append(
+            Hint("variant", value, f"guidance_in is {'present' if has_guidance else 'absent'}")
+        )
+    return hints
+
+
+def data_hints(analysis: Analysis) -> list[Hint]:
+    """Hints that read a few values: SD-v2's prediction type from one 320-float bias."""
+    if analysis.architecture != "SD-v2" or SD2_VPRED_KEY not in analysis.tensors:
+        return []
+    values = np.asarray(analysis.tensors[SD2_VPRED_KEY].read(), dtype=np.float64)
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    value = "v-prediction" if std > SD2_VPRED_STD else "epsilon"
+    evidence = f"std of {SD2_VPRED_KEY.split('model.', 2)[-1]} is {std:.3f}, threshold 0.09"
+    return [Hint("prediction", value, evidence + ", as ComfyUI reads it")]
