@@ -309,3 +309,63 @@ def test_flux_variant_hint_in_the_report(tmp_path):
         timeout=120,
     )
     assert "Hint, variant: dev-like (guidance distilled) (guidance_in is present)." in result.stdout
+
+
+# -- diffusers folders ------------------------------------------------------------------------
+
+
+def write_component(folder, entries, shards=1, variant=""):
+    """A diffusers component subfolder, its weights split into `shards` files."""
+    folder.mkdir(parents=True)
+    base = "diffusion_pytorch_model" if "text_encoder" not in folder.name else "model"
+    size = -(-len(entries) // shards)
+    for index in range(shards):
+        part = entries[index * size : (index + 1) * size]
+        suffix = f"-{index + 1:05d}-of-{shards:05d}" if shards > 1 else ""
+        write_sparse_safetensors(folder / f"{base}{suffix}{variant}.safetensors", part, "F16")
+
+
+def test_a_diffusers_folder_is_identified_part_by_part(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path / "sdxl"
+    root.mkdir()
+    (root / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    write_component(root / "unet", load_path(EXTRA / "UNET-XL-diffusers.txt"), shards=2)
+    write_component(root / "vae", load_path(EXTRA / "VAE-v1-diffusers.txt"), variant=".fp16")
+    write_component(root / "text_encoder", load_path(EXTRA / "CLIP-L.txt"))
+    write_component(root / "text_encoder_2", load_path(EXTRA / "CLIP-G-HF.txt"))
+    (root / "scheduler").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "model_toolkit", "inspect", root, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    parts = {p["folder"]: p for p in json.loads(result.stdout)["parts"]}
+    assert {name: p["components"] for name, p in parts.items()} == {
+        "text_encoder": {"CLIP-L": "CLIP-L-SD"},
+        "text_encoder_2": {"CLIP-G": "CLIP-G-SD"},
+        "unet": {"UNET-XL": "UNET-XL-Diffusers"},
+        "vae": {"VAE-v1": "VAE-v1-Diffusers"},
+    }
+    assert all(p["unknown_keys"] == 0 for p in parts.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "arch", "component"),
+    [
+        ("Flux-dev-transformer-diffusers", "Flux-v1", "Flux-v1-Dev-Diffusers"),
+        ("VAE-16ch-diffusers", "VAE-v3", "VAE-v3-Diffusers"),
+        ("UNET-v2-diffusers", "UNET-v2", "UNET-v2-Diffusers"),
+        ("CLIP-H-HF-SD2", "CLIP-v2", "CLIP-v2-HF"),
+        ("T5XXL-encoder", "T5-XXL", "T5-XXL-SD"),
+    ],
+)
+def test_diffusers_components(name, arch, component):
+    detection = detect(shapes_of(load_path(EXTRA / f"{name}.txt")))
+    assert (detection.resolved, list(detection.found)) == (arch, [arch])
+    assert list(detection.components.values()) == [component]

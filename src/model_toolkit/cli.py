@@ -113,7 +113,10 @@ def keys(
 @app.command()
 def inspect(
     file: Annotated[
-        Path, typer.Argument(help="Model file (.safetensors, .ckpt, .pt, .pth, .bin).")
+        Path,
+        typer.Argument(
+            help="Model file (.safetensors, .ckpt, .pt, .pth, .bin) or diffusers folder."
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     advanced: Annotated[
@@ -144,6 +147,9 @@ def inspect(
     from .report import as_json as json_report
 
     dtype = precision_dtype(precision)
+    if file.is_dir():
+        _inspect_folder(file, as_json)
+        return
     with open_model(file) as model:
         analysis = analyze(model, dtype)
         findings = Findings(hints=header_hints(analysis, model.metadata))
@@ -159,6 +165,44 @@ def inspect(
             typer.echo(advanced_report(analysis, findings), nl=False)
         else:
             typer.echo(basic_report(analysis, findings, fix_clip), nl=False)
+
+
+def _inspect_folder(folder: Path, as_json: bool) -> None:
+    """A diffusers folder: each component subfolder identified from its headers."""
+    from .analysis import analyze
+    from .formats.diffusers import component_folders, is_diffusers_folder, open_component
+
+    if not is_diffusers_folder(folder):
+        raise ModelToolkitError(f"{folder} is a folder without model_index.json")
+    rows = []
+    for sub in component_folders(folder):
+        with open_component(sub) as model:
+            analysis = analyze(model)
+            floats = {r.dtype.name for r in model.tensors.values() if r.dtype.is_float}
+            rows.append(
+                {
+                    "folder": sub.name,
+                    "architecture": analysis.architecture,
+                    "components": analysis.components,
+                    "tensors": len(model.tensors),
+                    "bytes": model.nbytes,
+                    "dtypes": sorted(floats),
+                    "unknown_keys": len(analysis.unknown_keys),
+                }
+            )
+    if as_json:
+        typer.echo(
+            json.dumps({"path": str(folder), "format": "diffusers", "parts": rows}, indent=2)
+        )
+        return
+    typer.echo(f"{folder} (diffusers folder)")
+    for row in rows:
+        what = row["architecture"] or "not identified"
+        parts = ", ".join(row["components"].values())
+        detail = f" ({parts})" if parts else ""
+        typer.echo(
+            f"  {row['folder']}/: {what}{detail}, {_human(row['bytes'])} {'/'.join(row['dtypes'])}"
+        )
 
 
 def _free_name(folder: Path, stem: str, suffix: str) -> Path:

@@ -102,7 +102,12 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
     for arch in registry.architectures.values():
         by_class = {
             cls: [
-                c for c in classes.get(cls, []) if arch.prefixed in forms[c] and arch.allows(cls, c)
+                c
+                for c in classes.get(cls, [])
+                if arch.prefixed in forms[c]
+                and arch.allows(cls, c)
+                # a partial checkpoint is a component that carries its checkpoint prefix
+                and not (arch.partial and not registry.components[c].prefix)
             ]
             for cls in arch.all_classes
         }
