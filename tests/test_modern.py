@@ -369,3 +369,25 @@ def test_diffusers_components(name, arch, component):
     detection = detect(shapes_of(load_path(EXTRA / f"{name}.txt")))
     assert (detection.resolved, list(detection.found)) == (arch, [arch])
     assert list(detection.components.values()) == [component]
+
+
+def test_new_classes_get_fingerprints_that_ignore_the_float_width(tmp_path):
+    from model_toolkit.fingerprints import class_fingerprints, compute_metric
+
+    vae = keylists.load("VAE-v3-SD")
+    shape = dict(vae)["decoder.conv_in.weight"]
+    values = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+
+    def prints(name, dtype, array):
+        path = write_sparse_safetensors(
+            tmp_path / name, vae, dtype, {"decoder.conv_in.weight": array}
+        )
+        with mtk.open(path) as model:
+            analysis = mtk.analyze(model)
+            assert compute_metric(analysis).string == "----/----/----"  # the original's parts
+            return class_fingerprints(analysis)
+
+    wide = prints("fp32.safetensors", "F32", values)
+    assert set(wide) == {"VAE-v3"} and wide["VAE-v3"] != "0000"
+    assert prints("fp16.safetensors", "F16", values.astype(np.float16)) == wide
+    assert prints("other.safetensors", "F32", values * 0.5) != wide

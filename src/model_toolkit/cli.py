@@ -141,7 +141,13 @@ def inspect(
 ) -> None:
     """Identify a model and report what is in it, as the original toolkit's reports."""
     from .analysis import analyze
-    from .fingerprints import broken_position_ids, compute_metric, known_components, lora_alphas
+    from .fingerprints import (
+        broken_position_ids,
+        class_fingerprints,
+        compute_metric,
+        known_components,
+        lora_alphas,
+    )
     from .hints import data_hints, header_hints
     from .report import Findings, advanced_report, basic_report
     from .report import as_json as json_report
@@ -159,6 +165,7 @@ def inspect(
             findings.known = known_components(findings.metric)
             findings.broken_position_ids = broken_position_ids(analysis)
             findings.lora_alphas = lora_alphas(analysis)
+            findings.fingerprints = class_fingerprints(analysis)
         if as_json:
             typer.echo(json.dumps(json_report(analysis, findings), indent=2))
         elif advanced:

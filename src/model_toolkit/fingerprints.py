@@ -182,3 +182,31 @@ def lora_alphas(analysis: Analysis) -> list[float]:
         if name.endswith(".alpha") and analysis.tensors[name].numel == 1:
             values.add(float(np.asarray(analysis.tensors[name].read(), dtype=np.float64).item()))
     return sorted(values)
+
+
+# Classes the original metric does not cover get a 4-digit fingerprint of their own, in the same
+# spirit: the float16-rounded weights' sum of sigmoid(w) - 0.5, scaled. No reference model is
+# known for them, so the digits tell "same weights?" between files, not "which model".
+NOT_FINGERPRINTED = ("LoRA-", "Embedding-", "EMA-")
+
+
+def class_fingerprints(analysis: Analysis) -> dict[str, str]:
+    """class -> `NNNN` (`NaN!` for NaN or inf weights) for each class beyond UNET/VAE/CLIP v1-v2."""
+    detection = analysis.detection
+    if detection.resolved is None:
+        return {}
+    covered = UNET_CLASSES | VAE_CLASSES | CLIP_CLASSES
+    registry = load_registry()
+    result = {}
+    for cls, component in detection.components.items():
+        if cls in covered or cls.startswith(NOT_FINGERPRINTED):
+            continue
+        keys = allowed_keys(detection.resolved, {cls: [component]}, registry, {cls})
+        refs = [
+            ref
+            for name, ref in analysis.tensors.items()
+            if detection.keys[name] in keys and ref.dtype.is_float
+        ]
+        total = float(np.sum(np.array(_tensor_sums(refs), dtype=np.float64)))
+        result[cls] = "NaN!" if not np.isfinite(total) else f"{int(abs(total) * 100) % WRAP:04d}"
+    return result

@@ -23,6 +23,7 @@ class Findings:
     broken_position_ids: dict[str, list[int]] | None = None
     lora_alphas: list[float] | None = None
     hints: list[Hint] | None = None
+    fingerprints: dict[str, str] | None = None  # classes beyond the metric's three parts
 
 
 def size_text(count: int) -> str:
@@ -61,6 +62,9 @@ def basic_report(analysis: Analysis, findings: Findings, fix_clip: bool = False)
     lora = lora_text(analysis, findings)
     if lora:
         lines += [lora, ""]
+    if findings.fingerprints:
+        prints = ", ".join(f"{cls} {value}" for cls, value in findings.fingerprints.items())
+        lines += [f"Fingerprints: {prints}.", ""]
     if findings.hints:
         lines += [f"Hint, {hint.text()}." for hint in findings.hints] + [""]
 
@@ -186,6 +190,7 @@ def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
         "metric": findings.metric.as_dict() if findings.metric else None,
         "known": findings.known or [],
         "hints": [hint.as_dict() for hint in findings.hints or []],
+        "fingerprints": findings.fingerprints,
         "lora": {
             "base": load_registry().architectures[detection.resolved].base,
             "ranks": analysis.lora_ranks,

@@ -16,7 +16,13 @@ from ..analysis import Analysis, analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DType, precision_dtype
 from ..errors import UsageError
-from ..fingerprints import broken_position_ids, compute_metric, known_components, lora_alphas
+from ..fingerprints import (
+    broken_position_ids,
+    class_fingerprints,
+    compute_metric,
+    known_components,
+    lora_alphas,
+)
 from ..formats import open_model
 from ..hints import data_hints, header_hints
 from ..model import ModelFile
@@ -145,6 +151,7 @@ class Session:
                 broken_position_ids(analysis),
                 lora_alphas(analysis),
                 header_hints(analysis, self.current().metadata) + data_hints(analysis),
+                class_fingerprints(analysis),
             )
         return self._findings
 
