@@ -430,7 +430,7 @@ def test_killed_before_every_filesystem_step_nothing_is_lost(tmp_path):
 def test_killed_at_any_moment_nothing_is_lost(tmp_path):
     """Real `mtk` processes, SIGKILLed at moments spread over a run on real-sized files."""
     inputs, expected, duration = reference_run(tmp_path / "reference", crash_inbox)
-    points = 6
+    points = 4
     for number in range(points):
         root = tmp_path / f"run{number}"
         destinations = crash_inbox(root)
