@@ -180,3 +180,32 @@ def test_lora_json_report_and_autoprune_kind(tmp_path):
     [outcome] = Autopruner(make_layout(models), Options(settle_seconds=0)).run_once()
     assert (outcome.status, outcome.kind, outcome.architecture) == ("filed", "lora", "LoRA-Flux")
     assert (models / "loras" / "flux-lora.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("family", "base", "arch", "expected"),
+    [
+        ("LoHa", "v1", "LoRA-v1", {"LoRA-v1-UNET": "LoHa-v1-UNET", "LoRA-v1-CLIP": "LoHa-v1-CLIP"}),
+        ("LoKr", "v1", "LoRA-v1", {"LoRA-v1-UNET": "LoKr-v1-UNET", "LoRA-v1-CLIP": "LoKr-v1-CLIP"}),
+        ("LoHa", "XL", "LoRA-XL", {"LoRA-XL-UNET": "LoHa-XL-UNET", "LoRA-XL-TE1": "LoHa-XL-TE1"}),
+        ("LoKr", "XL", "LoRA-XL", {"LoRA-XL-UNET": "LoKr-XL-UNET", "LoRA-XL-TE1": "LoKr-XL-TE1"}),
+    ],
+)
+def test_lycoris_loha_and_lokr(tmp_path, family, base, arch, expected):
+    """LyCORIS files use kohya's module names with hada_* (LoHa) or lokr_* (LoKr) tensors."""
+    from model_toolkit.architectures import keylists
+    from model_toolkit.report import Findings, lora_text
+
+    unet = keylists.load(f"{family}-{base}-UNET")
+    text = keylists.load(f"{family}-{base}-{'CLIP' if base == 'v1' else 'TE1'}")
+    modules = sorted({n.rsplit(".", 1)[0] for n, _ in unet})[:40]  # a preset trains some
+    entries = [(n, s) for n, s in unet if n.rsplit(".", 1)[0] in modules] + text
+    path = write_lora(tmp_path / "lycoris.safetensors", ranked(entries, 8), alpha=8)
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert (analysis.architecture, analysis.components) == (arch, expected)
+    line = lora_text(analysis, Findings())
+    base_name = "SD-v1" if base == "v1" else "SD-XL"
+    assert line == (
+        f"LoKr for {base_name}." if family == "LoKr" else f"LoHa for {base_name}: rank 8."
+    )

@@ -166,8 +166,19 @@ def lora_text(analysis: Analysis, findings: Findings) -> str:
     base = load_registry().architectures[arch].base if arch else None
     if not base:
         return ""
+    names = " ".join(analysis.components.values())
+    family = "LoKr" if "LoKr-" in names else "LoHa" if "LoHa-" in names else "LoRA"
+    if arch and arch.startswith(("Embedding-", "ControlNet-", "T2I-")):
+        family = arch.split("-")[0]
     ranks = "/".join(map(str, analysis.lora_ranks)) or "unknown"
-    text = f"LoRA for {base}: rank {ranks}"
+    if family == "LoKr":  # its free sizes are Kronecker factors, not a rank
+        text = f"LoKr for {base}"
+    elif family == "Embedding":
+        text = f"Embedding for {base}: {ranks} vectors"
+    elif family in ("ControlNet", "T2I"):
+        text = f"{arch} for {base}"
+    else:
+        text = f"{family} for {base}: rank {ranks}"
     if findings.lora_alphas:
         text += ", alpha " + "/".join(f"{a:g}" for a in findings.lora_alphas)
     return text + "."
