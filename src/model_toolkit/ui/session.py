@@ -15,7 +15,7 @@ from .. import operations
 from ..analysis import Analysis, analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DType, precision_dtype
-from ..errors import UsageError
+from ..errors import ModelToolkitError, UsageError
 from ..fingerprints import (
     broken_position_ids,
     class_fingerprints,
@@ -209,7 +209,7 @@ class Session:
                 with open_model(path) as model:
                     self._headers[key] = analyze(model)
             return self._headers[key]
-        except (OSError, UsageError, Exception):  # unreadable files are simply not offered
+        except (OSError, ModelToolkitError):  # unreadable or unsafe files are not offered
             return None
 
     # -- changing it ----------------------------------------------------------------------------
