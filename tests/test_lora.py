@@ -209,3 +209,19 @@ def test_lycoris_loha_and_lokr(tmp_path, family, base, arch, expected):
     assert line == (
         f"LoKr for {base_name}." if family == "LoKr" else f"LoHa for {base_name}: rank 8."
     )
+
+
+def test_a_lora_saved_by_torch_as_ckpt(tmp_path):
+    """Some trainers save .pt/.ckpt: read by the allow-list unpickler, identified the same."""
+    import torch
+
+    entries = ranked(load_path(LORA / "LoRA-kohya-SDXL-UNET.txt"), 4)[:90]
+    tensors = {n: torch.full(s, 0.5) if s else torch.tensor(2.0) for n, s in entries}
+    path = tmp_path / "lora.ckpt"
+    torch.save(tensors, path)
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        assert model.format == "torch-zip"
+        assert analysis.architecture == "LoRA-XL"
+        assert analysis.lora_ranks == [4]
+        assert lora_alphas(analysis) == [2.0]
