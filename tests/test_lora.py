@@ -21,6 +21,7 @@ LORA = Path(__file__).parent / "data" / "keys" / "lora"
 # file -> (architecture, {class: component}, base)
 CASES = {
     "LoRA-kohya-SD2-UNET": ("LoRA-v2", {"LoRA-v2-UNET": "LoRA-v2-UNET-Kohya"}, "SD-v2"),
+    "LoRA-PEFT-SD1-UNET": ("LoRA-v1-UNET", {"LoRA-v1-UNET": "LoRA-v1-UNET-PEFT"}, "SD-v1"),
     "LoRA-kohya-SDXL-UNET": ("LoRA-XL", {"LoRA-XL-UNET": "LoRA-XL-UNET-Kohya"}, "SD-XL"),
     "LoRA-kohya-SDXL-UNET-LoCon": ("LoRA-XL", {"LoRA-XL-UNET": "LoRA-XL-UNET-Kohya"}, "SD-XL"),
     "LoRA-kohya-SDXL-UNET-diffusers-names": (
@@ -225,3 +226,18 @@ def test_a_lora_saved_by_torch_as_ckpt(tmp_path):
         assert analysis.architecture == "LoRA-XL"
         assert analysis.lora_ranks == [4]
         assert lora_alphas(analysis) == [2.0]
+
+
+def test_a_peft_dora_lora_has_magnitude_vectors(tmp_path):
+    entries = ranked(load_path(LORA / "LoRA-PEFT-SDXL-UNET.txt"), 8)
+    magnitudes = [
+        (n.replace(".lora_B.weight", ".lora_magnitude_vector"), (s[0],))
+        for n, s in entries
+        if n.endswith(".lora_B.weight")
+    ]
+    path = write_lora(tmp_path / "dora.safetensors", entries + magnitudes)
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture == "LoRA-XL"
+    assert analysis.unknown_keys == []
+    assert analysis.lora_ranks == [8]

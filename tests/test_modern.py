@@ -66,6 +66,14 @@ CASES = {
         "Flux-v1-Schnell",
         ["Flux-v1-Schnell", "VAE-v3-Flux", "CLIP-L-SD", "T5-XXL-SD"],
     ),
+    "Flux canny/depth all-in-one (128 input channels)": (
+        [
+            (n, (3072, 128) if n == "model.diffusion_model.img_in.weight" else s)
+            for n, s in FLUX_AIO
+        ],
+        "Flux-v1-Control",
+        ["Flux-v1-Control", "VAE-v3-Flux", "CLIP-L-SD", "T5-XXL-SD"],
+    ),
     "Flux dev (BFL)": (keylists.load("Flux-v1-Dev"), "Flux-v1", ["Flux-v1-Dev"]),
     "Flux schnell (BFL)": (keylists.load("Flux-v1-Schnell"), "Flux-v1", ["Flux-v1-Schnell"]),
     "Flux fill (BFL)": (keylists.load("Flux-v1-Fill"), "Flux-v1", ["Flux-v1-Fill"]),
@@ -391,3 +399,29 @@ def test_new_classes_get_fingerprints_that_ignore_the_float_width(tmp_path):
     assert set(wide) == {"VAE-v3"} and wide["VAE-v3"] != "0000"
     assert prints("fp16.safetensors", "F16", values.astype(np.float16)) == wide
     assert prints("other.safetensors", "F32", values * 0.5) != wide
+
+
+def test_replace_the_vae_of_an_sd3_file(tmp_path):
+    from model_toolkit.operations import replace
+
+    bare = without(SD3_AIO, "text_encoders.")
+    vae_key = "first_stage_model.decoder.conv_in.weight"
+    source = write_sparse_safetensors(tmp_path / "sd3.safetensors", bare, "F16")
+    vae = keylists.load("VAE-v3-SD")
+    values = np.random.default_rng(9).standard_normal(dict(vae)["decoder.conv_in.weight"])
+    donor = write_sparse_safetensors(
+        tmp_path / "ae.safetensors",
+        vae,
+        "F32",
+        {"decoder.conv_in.weight": values.astype(np.float32)},
+    )
+    out = tmp_path / "sd3-new-vae.safetensors"
+    with mtk.open(source) as model, mtk.open(donor) as other:
+        mtk.write_plan(replace(model, "VAE-v3", other, None, mtk.precision_dtype("fp16")), out)
+    with safe_open(out, "np") as handle:
+        assert np.array_equal(
+            handle.get_tensor(vae_key), values.astype(np.float32).astype(np.float16)
+        )
+        assert len(list(handle.keys())) == len(bare)
+    with mtk.open(out) as model:
+        assert mtk.analyze(model).components["VAE-v3"] == "VAE-v3-SD"
