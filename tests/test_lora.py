@@ -241,3 +241,29 @@ def test_a_peft_dora_lora_has_magnitude_vectors(tmp_path):
     assert analysis.architecture == "LoRA-XL"
     assert analysis.unknown_keys == []
     assert analysis.lora_ranks == [8]
+
+
+@pytest.mark.parametrize(
+    ("unet", "arch", "text"),
+    [
+        ("LoRA-kohya-SD3.5-large", "LoRA-v3.5-Large", ["lora_te1_", "lora_te2_", "lora_te3_"]),
+        ("LoRA-kohya-Flux", "LoRA-Flux", ["lora_te1_", "lora_te3_"]),
+    ],
+)
+def test_kohya_loras_with_their_text_encoders(tmp_path, unet, arch, text):
+    """SD3's and Flux's LoRAs may train CLIP-L (te1), CLIP-G (te2) and T5 (te3) too."""
+    te1 = load_path(LORA / "LoRA-kohya-SDXL-TE1.txt")  # CLIP-L, as SDXL's te1
+    te2 = load_path(LORA / "LoRA-kohya-SDXL-TE2.txt")  # CLIP-G, as SDXL's te2
+    t5 = [  # T5 modules, named as OneTrainer's te2 but under kohya's te3 prefix
+        (n.replace("lora_te2_", "lora_te3_"), s)
+        for n, s in load_path(LORA / "LoRA-Flux-OneTrainer-DoRA-real.txt")
+        if n.startswith("lora_te2_") and not n.endswith("dora_scale")
+    ]
+    pools = {"lora_te1_": te1, "lora_te2_": te2, "lora_te3_": t5}
+    entries = load_path(LORA / f"{unet}.txt") + [e for p in text for e in pools[p]]
+    path = write_lora(tmp_path / "lora.safetensors", ranked(entries, 4))
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture == arch
+    assert analysis.unknown_keys == []
+    assert len(analysis.components) == 1 + len(text)
