@@ -16,6 +16,7 @@ from . import operations
 from .dtypes import PRECISIONS, precision_dtype
 from .errors import ModelToolkitError
 from .formats import open_model
+from .names import component_suffix, free_name, stem_of
 from .plan import Plan
 from .version import __version__
 from .write import ProgressCallback, write_plan
@@ -212,24 +213,6 @@ def _inspect_folder(folder: Path, as_json: bool) -> None:
         )
 
 
-def _free_name(folder: Path, stem: str, suffix: str) -> Path:
-    """`stem + suffix` in `folder`, or `stem(1) + suffix`, ...: never an existing file."""
-    candidate = folder / f"{stem}{suffix}"
-    number = 1
-    while candidate.exists():
-        candidate = folder / f"{stem}({number}){suffix}"
-        number += 1
-    return candidate
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
-
-
 def _write(
     plan: Plan,
     output: Path,
@@ -281,7 +264,7 @@ def _with_modelspec(plan: Plan, output: Path) -> tuple[Plan, Callable[[Path], No
 
     if output.suffix.lower() != ".safetensors":
         raise ModelToolkitError("--modelspec needs a .safetensors output")
-    fields = modelspec_fields(analyze(plan), _stem(output))
+    fields = modelspec_fields(analyze(plan), stem_of(output.name))
     hashing = DataHashingPlan(Plan(plan.entries, {**plan.metadata, **fields}, plan.origin))
     hashing.warnings = plan.warnings
     return hashing, partial(patch_data_hash, plan=hashing)
@@ -350,20 +333,11 @@ def prune(
     dtype = precision_dtype(precision)
     with open_model(source) as model:
         plan = operations.prune(model, dtype, keep_ema, fix_clip, tuple(drop or ()))
-        target = output or _free_name(source.parent, _stem(source) + "-pruned", ".safetensors")
+        target = output or free_name(
+            source.parent, stem_of(source.name) + "-pruned", ".safetensors"
+        )
         size = source.stat().st_size
         _write(plan, target, [source], overwrite, as_json, size, modelspec=modelspec)
-
-
-COMPONENT_SUFFIX = {
-    "UNET": "unet",
-    "EMA": "unet",
-    "VAE": "vae",
-    "CLIP": "clip",
-    "Depth": "depth",
-    "ControlNet": "controlnet",
-    "LoRA": "lora",
-}
 
 
 @app.command()
@@ -381,8 +355,10 @@ def extract(
     dtype = precision_dtype(precision)
     with open_model(source) as model:
         plan = operations.extract(model, cls, component, dtype, fix_clip)
-        suffix = COMPONENT_SUFFIX.get(cls.split("-")[0], cls.lower())
-        target = output or _free_name(source.parent, f"{_stem(source)}.{suffix}", ".safetensors")
+        suffix = component_suffix(cls)
+        target = output or free_name(
+            source.parent, f"{stem_of(source.name)}.{suffix}", ".safetensors"
+        )
         _write(plan, target, [source], overwrite, as_json, source.stat().st_size, False)
 
 
@@ -403,8 +379,8 @@ def replace(
     dtype = precision_dtype(precision)
     with open_model(target) as model, open_model(source) as donor:
         plan = operations.replace(model, cls, donor, component, dtype)
-        suffix = COMPONENT_SUFFIX.get(cls.split("-")[0], cls.lower())
-        name = _free_name(target.parent, f"{_stem(target)}-new-{suffix}", ".safetensors")
+        suffix = component_suffix(cls)
+        name = free_name(target.parent, f"{stem_of(target.name)}-new-{suffix}", ".safetensors")
         _write(
             plan, output or name, [target, source], overwrite, as_json, target.stat().st_size, False
         )
@@ -439,7 +415,7 @@ def build(
         plan = operations.build(arch, opened, dtype, allow_partial)
         paths = [path for _, path, _ in specs]
         folder = paths[0].parent if paths else Path.cwd()
-        target = output or _free_name(folder, arch, ".safetensors")
+        target = output or free_name(folder, arch, ".safetensors")
         _write(plan, target, paths, overwrite, as_json, sum(p.stat().st_size for p in paths), False)
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .autoprune.job import MODEL_EXTENSIONS
 from .errors import ModelToolkitError, UnsafeFileError
+from .names import walk_model_files
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -49,11 +49,8 @@ def find_model_files(folders: Iterable[Path]) -> list[Path]:
             continue
         if not folder.is_dir():
             raise ModelToolkitError(f"{folder} is not a folder")
-        for root, dirs, files in os.walk(folder):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if not name.startswith(".") and Path(name).suffix.lower() in MODEL_EXTENSIONS:
-                    found[(Path(root) / name).resolve()] = None
+        for path in walk_model_files(folder):
+            found[path.resolve()] = None
     return list(found)
 
 

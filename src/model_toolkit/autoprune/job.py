@@ -24,7 +24,8 @@ from ..analysis import analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DTYPES, DType
 from ..errors import ModelToolkitError, UsageError
-from ..formats import TORCH_EXTENSIONS, open_model
+from ..formats import open_model
+from ..names import free_name, is_model_name, stem_of
 from ..operations import convert, prune
 from ..plan import Plan
 from ..report import Findings, advanced_report
@@ -32,7 +33,6 @@ from ..verify import ChecksummedPlan, TensorRecord, verify_output
 from ..write import commit, sync_folder, write_temp, write_text_atomically
 from .layouts import Layout
 
-MODEL_EXTENSIONS = {".safetensors", *TORCH_EXTENSIONS}
 TEMP_SUFFIX = ".mtk-autoprune"  # our temporary files; others' (`mtk prune` running) are left be
 MARKER_SUFFIX = ".mtk-autoprune.json"
 LOCK_NAME = ".mtk-autoprune.lock"
@@ -79,35 +79,11 @@ class Rejected(ModelToolkitError):
         self.details = details
 
 
-def stem_of(name: str) -> str:
-    lower = name.lower()
-    for ext in MODEL_EXTENSIONS:
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def free_name(folder: Path, stem: str, suffix: str) -> Path:
-    """`stem+suffix`, else `stem(1)+suffix`, `stem(2)+suffix`, ...: a name not in use."""
-    candidate = folder / f"{stem}{suffix}"
-    number = 1
-    while candidate.exists():
-        candidate = folder / f"{stem}({number}){suffix}"
-        number += 1
-    return candidate
-
-
 def inbox_files(inbox: Path) -> list[Path]:
     """The model files waiting in the inbox, by name (hidden files are ours or a download's)."""
     if not inbox.is_dir():
         return []
-    return sorted(
-        path
-        for path in inbox.iterdir()
-        if not path.name.startswith(".")
-        and path.suffix.lower() in MODEL_EXTENSIONS
-        and path.is_file()
-    )
+    return sorted(path for path in inbox.iterdir() if is_model_name(path.name) and path.is_file())
 
 
 @contextmanager
@@ -267,7 +243,8 @@ class Autopruner:
             return outcome
         failed = self.layout.failed
         failed.mkdir(parents=True, exist_ok=True)
-        stem, suffix = stem_of(path.name), path.name[len(stem_of(path.name)) :]
+        stem = stem_of(path.name)
+        suffix = path.name[len(stem) :]
         target = free_name(failed, stem, suffix)
         text = f"{path.name}: {reason}\n" + (f"\n{details}" if details else "")
         write_text_atomically(target.with_name(target.name + ".txt"), text, TEMP_SUFFIX)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..autoprune.job import MODEL_EXTENSIONS
 from ..autoprune.layouts import Layout
 from ..errors import UsageError
+from ..names import MODEL_EXTENSIONS, walk_model_files
 
 # Where each kind is saved, and which folders the Source list shows (the original listed
 # checkpoints, components, VAEs and LoRAs).
@@ -54,14 +53,9 @@ class ModelFolders:
             for folder in self.folders.get(kind, []):
                 if not folder.is_dir():
                     continue
-                for root, dirs, files in os.walk(folder):
-                    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                    for name in sorted(files):
-                        path = Path(root) / name
-                        if name.startswith(".") or path.suffix.lower() not in MODEL_EXTENSIONS:
-                            continue
-                        label = f"{folder.name}/{path.relative_to(folder).as_posix()}"
-                        found.setdefault(label, path.resolve())
+                for path in walk_model_files(folder):
+                    label = f"{folder.name}/{path.relative_to(folder).as_posix()}"
+                    found.setdefault(label, path.resolve())
         return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
     def contains(self, path: Path) -> bool:

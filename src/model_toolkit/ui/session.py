@@ -26,6 +26,7 @@ from ..fingerprints import (
 from ..formats import open_model
 from ..hints import data_hints, header_hints
 from ..model import ModelFile
+from ..names import component_suffix, stem_of
 from ..operations.common import Source
 from ..plan import Plan
 from ..report import Findings, advanced_report, basic_report
@@ -35,7 +36,6 @@ from .folders import ModelFolders, checked_name
 NEW_PREFIX = "NEW "
 AUTO = "auto"
 UI_PRECISIONS = {"FP16": "fp16", "FP32": "fp32", "BF16": "bf16", "FP8": "fp8_e4m3fn"}
-SUFFIX = {"UNET": "unet", "EMA": "unet", "VAE": "vae", "CLIP": "clip", "LoRA": "lora"}
 
 
 def ui_precision(label: str) -> DType | None:
@@ -236,17 +236,13 @@ class Session:
     def stem(self) -> str:
         if self.new_arch is not None:
             return self.new_arch
-        name = self.base.name if self.base else "model"
-        for ext in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
-            if name.lower().endswith(ext):
-                return name[: -len(ext)]
-        return name
+        return stem_of(self.base.name) if self.base else "model"
 
     def suggested_name(self) -> str:
         return f"{self.stem()}-pruned" if self.new_arch is None else f"{self.stem()}-built"
 
     def suggested_export_name(self, cls: str) -> str:
-        return f"{self.stem()}.{SUFFIX.get(cls.split('-')[0], cls.lower())}"
+        return f"{self.stem()}.{component_suffix(cls)}"
 
     def save(
         self,

@@ -1,0 +1,61 @@
+"""Model file names: which files are models, their stems, names not yet in use, and finding
+them in a tree. Shared by the CLI, autoprune, the library scan and the web UI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def is_model_name(name: str) -> bool:
+    """A visible file with a model extension (hidden files are ours or a download's)."""
+    return not name.startswith(".") and Path(name).suffix.lower() in MODEL_EXTENSIONS
+
+
+def stem_of(name: str) -> str:
+    """The name without its model extension (`model.vae.safetensors` -> `model.vae`), or
+    without its last suffix for any other name."""
+    lower = name.lower()
+    for ext in MODEL_EXTENSIONS:
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+# What a file holding one component is called after: `model.vae.safetensors`.
+COMPONENT_SUFFIX = {
+    "UNET": "unet",
+    "EMA": "unet",
+    "VAE": "vae",
+    "CLIP": "clip",
+    "Depth": "depth",
+    "ControlNet": "controlnet",
+    "LoRA": "lora",
+}
+
+
+def component_suffix(cls: str) -> str:
+    """`VAE-v1` -> `vae`; a class without a short word keeps its name, lowercased."""
+    return COMPONENT_SUFFIX.get(cls.split("-")[0], cls.lower())
+
+
+def free_name(folder: Path, stem: str, suffix: str) -> Path:
+    """`stem+suffix`, else `stem(1)+suffix`, `stem(2)+suffix`, ...: a name not in use."""
+    candidate = folder / f"{stem}{suffix}"
+    number = 1
+    while candidate.exists():
+        candidate = folder / f"{stem}({number}){suffix}"
+        number += 1
+    return candidate
+
+
+def walk_model_files(folder: Path) -> Iterator[Path]:
+    """Every model file under `folder`, in name order, hidden files and folders skipped."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if is_model_name(name):
+                yield Path(root) / name
