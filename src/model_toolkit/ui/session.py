@@ -73,7 +73,8 @@ class Session:
         self.new_arch: str | None = None
         self.parts: list[Part] = []  # NEW: components imported so far; else: imports applied
         self._opened: dict[Path, ModelFile] = {}
-        self._findings: Findings | None = None
+        self._findings: Findings | None = None  # the values read, per state of the model
+        self._analyses: dict[str, Analysis] = {}  # by precision label, per state of the model
         self._headers: dict[tuple[Path, int, int], Analysis] = {}
 
     # -- what can be chosen ------------------------------------------------------------------
@@ -109,7 +110,7 @@ class Session:
         self._opened.clear()
         self.label = self.base = self.new_arch = None
         self.parts = []
-        self._findings = None
+        self._changed()
 
     @property
     def loaded(self) -> bool:
@@ -139,7 +140,15 @@ class Session:
         return source
 
     def analysis(self, precision: str = "FP16") -> Analysis:
-        return analyze(self.current(), ui_precision(precision))
+        """The model's analysis; one per state and precision (the page asks for it several
+        times for one click: reports, architectures, components)."""
+        if precision not in self._analyses:
+            self._analyses[precision] = analyze(self.current(), ui_precision(precision))
+        return self._analyses[precision]
+
+    def _changed(self) -> None:
+        self._findings = None
+        self._analyses = {}
 
     def findings(self, analysis: Analysis) -> Findings:
         """The metric and what it names; computed once per state of the model (it reads data)."""
@@ -172,7 +181,7 @@ class Session:
             return [self.new_arch]
         if not self.loaded:
             return []
-        detection = analyze(self.current()).detection
+        detection = self.analysis().detection
         resolved = [detection.resolved] if detection.resolved else []
         return resolved + [a for a in detection.found if a not in resolved]
 
@@ -186,7 +195,7 @@ class Session:
         """`auto` and the components of `cls` found in the model under `arch`."""
         if not self.loaded or (self.new_arch is not None and not self.parts):
             return [AUTO]
-        found = analyze(self.current()).detection.found.get(arch, {})
+        found = self.analysis().detection.found.get(arch, {})
         return [AUTO, *found.get(cls, [])]
 
     def import_candidates(self, cls: str) -> list[str]:
@@ -223,13 +232,14 @@ class Session:
         part = Part(cls, path, chosen)
         previous = list(self.parts)
         self.parts = [p for p in self.parts if p.cls != cls] + [part]
+        self._changed()
         try:
             self._open(path)
-            analyze(self.current())  # refuse now, not at save time, what cannot be combined
+            self.analysis()  # refuse now, not at save time, what cannot be combined
         except Exception:
             self.parts = previous
+            self._changed()
             raise
-        self._findings = None
 
     # -- writing -------------------------------------------------------------------------------
 
