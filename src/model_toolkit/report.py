@@ -187,6 +187,7 @@ def lora_text(analysis: Analysis, findings: Findings) -> str:
 def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
     detection = analysis.detection
     broken = findings.broken_position_ids
+    base = load_registry().architectures[detection.resolved].base if detection.resolved else None
     return {
         "path": analysis.path,
         "format": analysis.format,
@@ -202,12 +203,8 @@ def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
         "known": findings.known or [],
         "hints": [hint.as_dict() for hint in findings.hints or []],
         "fingerprints": findings.fingerprints,
-        "lora": {
-            "base": load_registry().architectures[detection.resolved].base,
-            "ranks": analysis.lora_ranks,
-            "alphas": findings.lora_alphas,
-        }
-        if detection.resolved and load_registry().architectures[detection.resolved].base
+        "lora": {"base": base, "ranks": analysis.lora_ranks, "alphas": findings.lora_alphas}
+        if base
         else None,
         "fixes": {
             "renamed_keys": len(analysis.renamed_keys),
