@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_ui_session import CLIP_KEY, UNET_KEY, VAE_KEY, sd1_with, tensor
+from test_ui_session import CLIP_KEY, UNET_KEY, VAE_KEY, tensor, two_models
 
 import model_toolkit as mtk
 
@@ -42,9 +42,7 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     root = tmp_path / "models"
-    (root / "Stable-diffusion").mkdir(parents=True)
-    first = sd1_with(root / "Stable-diffusion" / "model.safetensors", 1)
-    other = sd1_with(root / "Stable-diffusion" / "other.safetensors", 10)
+    first, other = two_models(root)
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "model_toolkit", "ui", "--models-dir", root, "--port", str(port)],

@@ -35,13 +35,18 @@ def sd1_with(path, seed):
     return fill
 
 
-@pytest.fixture
-def models(tmp_path):
-    root = tmp_path / "models"
+def two_models(root):
+    """A models folder with model.safetensors and other.safetensors; their filled values."""
     (root / "Stable-diffusion").mkdir(parents=True)
     first = sd1_with(root / "Stable-diffusion" / "model.safetensors", 1)
     other = sd1_with(root / "Stable-diffusion" / "other.safetensors", 10)
-    return root, first, other
+    return first, other
+
+
+@pytest.fixture
+def models(tmp_path):
+    root = tmp_path / "models"
+    return root, *two_models(root)
 
 
 def session_for(root):
