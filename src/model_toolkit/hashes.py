@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .formats import safetensors
 from .write import write_text_atomically
 
 ALGORITHMS = ("sha256", "autov1", "autov2", "autov3", "blake3", "crc32")
@@ -42,7 +43,7 @@ def safetensors_data_offset(path: Path) -> int | None:
     """Where a .safetensors file's tensor data starts, or None for any other file."""
     with open(path, "rb") as handle:
         prefix = handle.read(9)
-    if len(prefix) < 9 or prefix[8:9] != b"{":
+    if not safetensors.looks_like(prefix):
         return None
     (length,) = struct.unpack("<Q", prefix[:8])
     size = path.stat().st_size
