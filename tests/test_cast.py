@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_toolkit import dtypes
 from model_toolkit.dtypes import DTYPES, cast
 
 FLOATS = ["F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"]
@@ -15,6 +16,16 @@ SIGNED = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 # torch's vectorised kernels handle whole blocks; its scalar tail loop writes a few NaN patterns
 # differently. Lengths that are multiples of 64 keep every element inside the vectorised part.
 N = 64 * 20_000
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def implementation(request, monkeypatch):
+    """Every test runs on both ways of casting: the compiled loops and plain numpy."""
+    if request.param == "numpy":
+        monkeypatch.setattr(dtypes, "kernels", None)
+    elif dtypes.kernels is None:
+        pytest.skip("the compiled kernels are not built here (no C compiler at install)")
+    return request.param
 
 
 def adversarial(name: str, rng: np.random.Generator) -> np.ndarray:

@@ -192,3 +192,30 @@ def test_broken_position_ids(tmp_path):
     )
     with mtk.open(good) as model:
         assert broken_position_ids(analyze(model)) == {ids_name: []}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_compiled_sums_equal_numpy_sums(dtype, monkeypatch):
+    """The compiled one-pass sum (rounding to float16 included) against numpy's gather-and-sum,
+    with the vector/scalar cut anywhere, NaN and infinities included."""
+    from model_toolkit import dtypes
+    from model_toolkit.fingerprints import _chunk_sum
+
+    if dtypes.kernels is None:
+        pytest.skip("the compiled kernels are not built here (no C compiler at install)")
+    rng = np.random.default_rng(11)
+    values = (rng.standard_normal(100_003) * 0.05).astype(dtype)
+    specials = np.array([np.inf, -np.inf, 70000.0, 1e-6, -3e-8], dtype=np.float32)
+    with np.errstate(over="ignore"):  # 70000 is inf in float16
+        values[::997] = specials[np.arange(len(values[::997])) % 5].astype(dtype)
+    sums = {}
+    for cut in (0, 16, 50_000, len(values)):
+        compiled = _chunk_sum(values, cut)
+        with monkeypatch.context() as patch:
+            patch.setattr(dtypes, "kernels", None)
+            plain = _chunk_sum(values, cut)
+        assert compiled == pytest.approx(plain, rel=1e-12, abs=1e-9), cut
+        sums[cut] = compiled
+    assert len(set(sums.values())) > 1  # the two tables differ, so the cut matters
+    values[5] = np.nan
+    assert np.isnan(_chunk_sum(values, 16))

@@ -8,12 +8,18 @@ done here, on numpy chunks, so that a write never needs torch and never holds a 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
 from .errors import UsageError
+
+try:  # the optional compiled loops (see _kernels.c); numpy below gives the same bits, slower
+    from . import _kernels as kernels
+except ImportError:  # pragma: no cover - built wherever a C compiler is found
+    kernels = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,20 @@ def _as_float32(chunk: np.ndarray) -> np.ndarray:
     return wide
 
 
+_COMPILED = {
+    "F16": "f32_to_f16",
+    "BF16": "f32_to_bf16",
+    "F8_E4M3": "f32_to_e4m3fn",
+    "F8_E5M2": "f32_to_e5m2",
+}
+
+
+def _compiled_narrowing(target: DType) -> Callable[[np.ndarray, np.ndarray], None] | None:
+    """The compiled float32 -> `target` loop, if the extension is built and has one."""
+    name = _COMPILED.get(target.name)
+    return getattr(kernels, name) if kernels is not None and name else None
+
+
 def cast(chunk: np.ndarray, target: DType) -> np.ndarray:
     """Cast a 1-D chunk of a floating type to `target`, as torch's `.to(dtype)` does on the CPU.
 
@@ -210,6 +230,13 @@ def cast(chunk: np.ndarray, target: DType) -> np.ndarray:
     if target.numpy == np.float64:
         with np.errstate(invalid="ignore"):  # NaN -> NaN is not an error
             return wide.astype(np.float64)
+    # The compiled loops write torch's NaN bits themselves; bfloat16 only knows those of a wide
+    # source (a narrow NaN becomes 0x7FC0, handled below).
+    narrowing = _compiled_narrowing(target) if source_is_wide or target.name != "BF16" else None
+    if narrowing is not None:
+        out = np.empty(len(wide), target.numpy)
+        narrowing(np.ascontiguousarray(wide), out.view(np.uint8))
+        return out
     if target.name == "F8_E4M3":
         wide = np.clip(wide, -_E4M3_MAX, _E4M3_MAX)
     if target.name == "F16":
