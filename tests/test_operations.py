@@ -234,7 +234,7 @@ def test_replace_vae_from_a_full_model_then_prune_reads_each_tensor_once(
         fill=random_fill(donor_entries, 5, rng),
     )
     reads: dict[str, int] = {}
-    original = mtk.TensorRef.iter_chunks
+    original = mtk.TensorRef.chunk_reads
 
     def counting(self, *args, **kwargs):
         reads[(self.storage.data.path.name, self.name)] = (
@@ -242,7 +242,7 @@ def test_replace_vae_from_a_full_model_then_prune_reads_each_tensor_once(
         )
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(mtk.TensorRef, "iter_chunks", counting)
+    monkeypatch.setattr(mtk.TensorRef, "chunk_reads", counting)
     with mtk.open(target) as model, mtk.open(donor) as other:
         plan = prune(replace(model, "VAE-v1", other))
         out = mtk.write_plan(plan, tmp_path / "swapped.safetensors")

@@ -203,3 +203,41 @@ def test_in_memory_tensors_write_like_file_tensors(tmp_path):
     out = mtk.write_plan(plan, tmp_path / "x.safetensors")
     assert torch.equal(load_file(out)["x"], torch.from_numpy(values).to(torch.bfloat16))
     _ = (ALL_DTYPES, as_bytes)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_early_writeback_hints_only_what_is_written(tmp_path, monkeypatch, suffix):
+    """Writeback is asked for ranges already written, in order, never past the writing point;
+    the file reads back bit-equal."""
+    from model_toolkit import write as write_module
+
+    monkeypatch.setattr(write_module.EarlyWriteback, "LAG", 1 << 20)
+    monkeypatch.setattr(write_module.EarlyWriteback, "STEP", 1 << 20)
+    hints: list[tuple[int, int]] = []
+    real_fadvise = os.posix_fadvise
+
+    def recording(fd, offset, length, advice):
+        assert advice == os.POSIX_FADV_DONTNEED
+        assert offset + length <= os.fstat(fd).st_size  # only bytes already in the file
+        hints.append((offset, length))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    rng = np.random.default_rng(0)
+    tensors = {
+        f"w{i}": torch.from_numpy(rng.standard_normal(300_000, np.float32)) for i in range(8)
+    }
+    source = tmp_path / "in.safetensors"
+    save_file(tensors, source)
+    out = tmp_path / f"out{suffix}"
+    convert_file(source, out, chunk_bytes=256 << 10)
+    assert len(hints) >= 5
+    assert [offset for offset, _ in hints] == [0] + [
+        sum(hints[i][1] for i in range(k)) for k in range(1, len(hints))
+    ]
+    loaded = (
+        load_file(out)
+        if suffix == ".safetensors"
+        else torch.load(out, weights_only=True)["state_dict"]
+    )
+    assert_same_tensors(loaded, tensors)

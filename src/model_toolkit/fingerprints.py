@@ -14,6 +14,7 @@ from functools import partial
 
 import numpy as np
 
+from . import dtypes
 from .analysis import Analysis
 from .architectures.detect import allowed_keys
 from .architectures.registry import load_registry
@@ -45,6 +46,12 @@ def _chunk_sum(chunk: np.ndarray, cut: int) -> float:
     """sum(sigmoid(x) - 0.5) over a chunk: elements before `cut` take torch's vector path,
     the rest its scalar path. A NaN weight makes the sum NaN, as it does in torch."""
     vector_table, scalar_table = half_tables()
+    if dtypes.kernels is not None and chunk.dtype in (np.float32, np.float16):
+        # One compiled pass (rounding included), no float16 copy of the chunk.
+        half = chunk.dtype == np.float16
+        return dtypes.kernels.table_sum(chunk[:cut], vector_table, half) + dtypes.kernels.table_sum(
+            chunk[cut:], scalar_table, half
+        )
     bits = cast(chunk, DTYPES["F16"]).view(np.uint16)
     return float(
         vector_table[bits[:cut]].sum(dtype=np.float64)
@@ -53,12 +60,16 @@ def _chunk_sum(chunk: np.ndarray, cut: int) -> float:
 
 
 def _chunk_jobs(ref: TensorRef | PlanEntry) -> Iterator[Callable[[], float]]:
-    """Read a tensor chunk by chunk (here) and yield each chunk's sum as work for a thread."""
+    """Per chunk of a tensor, the work that reads it and sums it, to run in a worker thread."""
     tail_start = ref.numel - ref.numel % VECTOR_BLOCK  # torch's last n % 16 go one by one
     position = 0
-    for chunk in ref.iter_chunks():
-        yield partial(_chunk_sum, chunk, max(0, min(len(chunk), tail_start - position)))
-        position += len(chunk)
+    for count, read in ref.chunk_reads():
+        yield partial(_read_and_sum, read, max(0, min(count, tail_start - position)))
+        position += count
+
+
+def _read_and_sum(read: Callable[[], np.ndarray], cut: int) -> float:
+    return _chunk_sum(read(), cut)
 
 
 def _tagged(index: int, job: Callable[[], float]) -> tuple[int, float]:
@@ -67,7 +78,7 @@ def _tagged(index: int, job: Callable[[], float]) -> tuple[int, float]:
 
 def _tensor_sums(refs: list[TensorRef | PlanEntry]) -> list[np.float32]:
     """`torch.sum(torch.sigmoid(t.half().float()) - 0.5)` of each tensor, as float32: chunks
-    are read in order here and summed on all cores meanwhile."""
+    are read and summed on all cores, and added up in file order."""
     totals = [0.0] * len(refs)
     jobs = (
         partial(_tagged, index, job) for index, ref in enumerate(refs) for job in _chunk_jobs(ref)

@@ -13,8 +13,9 @@ import mmap
 import os
 import stat
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -200,24 +201,38 @@ class TensorRef:
     def iter_chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
         """The values in C order as 1-D arrays of at most `max_bytes` each (read-only for
         tensors held in memory). Memory use is one chunk, whatever the tensor's size."""
+        for _, read in self.chunk_reads(max_bytes):
+            yield read()
+
+    def chunk_reads(
+        self, max_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+        """Per chunk, its length and a function that returns its values.
+
+        Raw file bytes are only read when the function is called, so that the reading itself
+        can run in a worker thread, beside the writing (pread takes no shared position);
+        everything else (zip members, strided views) is read here, in order."""
         if self.numel == 0:
             return
         itemsize = self.dtype.itemsize
         per_chunk = max(1, max_bytes // itemsize)
         if not self.is_contiguous:
-            yield from self._strided_chunks(per_chunk)
+            for block in self._strided_chunks(per_chunk):
+                yield len(block), partial(_given, block)
             return
         start = self.storage_offset * itemsize
         if self.storage.zero:
             for first in range(0, self.numel, per_chunk):
-                yield np.zeros(min(per_chunk, self.numel - first), self.dtype.numpy)
+                count = min(per_chunk, self.numel - first)
+                yield count, partial(np.zeros, count, self.dtype.numpy)
             return
         if self.storage.buffer is not None:
             values = np.frombuffer(
                 self.storage.buffer, self._numpy_dtype(), self.numel, self.storage.offset + start
             )
             for first in range(0, self.numel, per_chunk):
-                yield self._native(values[first : first + per_chunk])
+                block = self._native(values[first : first + per_chunk])
+                yield len(block), partial(_given, block)
             return
         if self.storage.member is not None:
             pending = b""
@@ -225,21 +240,23 @@ class TensorRef:
                 pending += piece
                 usable = len(pending) - len(pending) % itemsize
                 if usable:
-                    yield self._native(np.frombuffer(pending[:usable], self._numpy_dtype()))
+                    block = self._native(np.frombuffer(pending[:usable], self._numpy_dtype()))
+                    yield len(block), partial(_given, block)
                     pending = pending[usable:]
             return
-        assert self.storage.data is not None
         position = self.storage.offset + start
-        left = self.nbytes
-        while left:
-            size = min(left, per_chunk * itemsize)
-            # A fresh buffer per chunk: chunks may be converted in other threads while the next
-            # one is read, so none may be overwritten under them.
-            chunk = np.empty(size // itemsize, self._numpy_dtype())
-            self.storage.data.preadinto(memoryview(chunk.view(np.uint8)), position)
-            yield self._native(chunk)
-            position += size
-            left -= size
+        for first in range(0, self.numel, per_chunk):
+            count = min(per_chunk, self.numel - first)
+            yield count, partial(self._read_at, position, count)
+            position += count * itemsize
+
+    def _read_at(self, position: int, count: int) -> np.ndarray:
+        # A fresh buffer per chunk: chunks may be converted in other threads while the next
+        # one is read, so none may be overwritten under them.
+        assert self.storage.data is not None
+        chunk = np.empty(count, self._numpy_dtype())
+        self.storage.data.preadinto(memoryview(chunk.view(np.uint8)), position)
+        return self._native(chunk)
 
     def _strided_chunks(self, per_chunk: int) -> Iterator[np.ndarray]:
         """Non-contiguous views (a saved `.t()` or slice): gather rows from the whole storage."""
@@ -267,6 +284,10 @@ class TensorRef:
         if self.storage.data is not None and self.storage.member is None:
             start = self.storage.offset
             self.storage.data.release(start, start + self.storage.nbytes)
+
+
+def _given(values: np.ndarray) -> np.ndarray:
+    return values
 
 
 def _contiguous_blocks(view: np.ndarray, per_chunk: int) -> Iterator[np.ndarray]:

@@ -76,14 +76,26 @@ class PlanEntry:
         return self.transform is None and self.dtype == self.source.dtype
 
     def chunk_jobs(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Callable[[], Any]]:
-        """Read the source chunk by chunk (here) and yield, per chunk, the work that turns it
-        into output values (transform, cast), so that work can run in another thread."""
+        """Per chunk, the work that reads it and turns it into output values (transform, cast),
+        so that reading and casting run in worker threads while the caller writes."""
+        for _, job in self.chunk_reads(max_bytes):
+            yield job
+
+    def chunk_reads(
+        self, max_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+        """Per chunk, its length and the work that returns its output values."""
         # Size chunks by the wider of the two dtypes so that neither side exceeds max_bytes.
         widest = max(self.source.dtype.itemsize, self.dtype.itemsize)
         start = 0
-        for chunk in self.source.iter_chunks(max_bytes * self.source.dtype.itemsize // widest):
-            yield partial(self._convert, chunk, start)
-            start += len(chunk)
+        for count, read in self.source.chunk_reads(
+            max_bytes * self.source.dtype.itemsize // widest
+        ):
+            yield count, partial(self._read_and_convert, read, start)
+            start += count
+
+    def _read_and_convert(self, read: Callable[[], np.ndarray], start: int) -> np.ndarray:
+        return self._convert(read(), start)
 
     def _convert(self, chunk: np.ndarray, start: int) -> np.ndarray:
         values = chunk if self.transform is None else self.transform(chunk, start)
@@ -110,8 +122,8 @@ _ML_FLOATS = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "fl
 def run_in_order(jobs: Iterable[Callable[[], T]], workers: int) -> Iterator[T]:
     """The jobs' results in their order, computed by `workers` threads (0: in this thread).
 
-    Jobs are taken from `jobs` in the calling thread (where reading happens, so the disk
-    streams) and at most `workers + 1` are in flight, so memory stays bounded.
+    Jobs are taken from `jobs` in the calling thread, in order, and at most `workers + 1` are
+    in flight, so memory stays bounded.
     """
     if workers <= 0:
         for job in jobs:
@@ -152,9 +164,9 @@ class Plan:
     ) -> Iterator[np.ndarray]:
         """Every entry's output values in order, chunk by chunk, casting on all cores.
 
-        Reading stays in the calling thread (sequential, so the disk streams); each chunk's cast
-        runs in a worker, while the caller writes the chunks before it. At most `workers + 1`
-        chunks are in flight, so memory stays bounded by the chunk size.
+        Each chunk is read and cast in a worker (the reads stay close to sequential: at most
+        `workers + 1` chunks are in flight, which also bounds memory), while the caller writes
+        the chunks before it.
         """
         if workers is None:
             workers = cast_threads()

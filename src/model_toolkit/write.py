@@ -6,8 +6,11 @@ what was there before, with --overwrite) or holds the complete, synced result.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,18 +82,21 @@ def write_temp(
     total = plan.nbytes
     done = 0
 
-    def advance(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(done, total)
-
     temp = temp_path_for(output, suffix)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out, EarlyWriteback(fd) as writeback:
+
+            def advance(count: int) -> None:
+                nonlocal done
+                done += count
+                writeback.written_up_to(out.tell())
+                if progress is not None:
+                    progress(done, total)
+
             writer(plan, out, advance, chunk_bytes)
             out.flush()
+            writeback.close()
             os.fsync(out.fileno())
     except OSError as exc:
         temp.unlink(missing_ok=True)
@@ -99,6 +105,53 @@ def write_temp(
         temp.unlink(missing_ok=True)
         raise
     return temp
+
+
+class EarlyWriteback:
+    """Has the kernel write the output to disk while the rest of it is produced.
+
+    Without it every byte waits in the page cache until the final fsync, which then takes as
+    long as the disk needs for the whole file (~1.5 s for 2 GB here), after the work is done.
+    posix_fadvise(DONTNEED) on what was written some time ago starts its writeback (Linux) and
+    lets those pages go once clean, so a 7 GB output also does not push the user's other files
+    out of the page cache. The calls run in a thread, as submitting I/O can block.
+    """
+
+    LAG = 256 << 20  # bytes left alone behind the writing position, still being written
+    STEP = 128 << 20  # bytes handed over at a time
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._flushed = 0
+        self._ranges: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if hasattr(os, "posix_fadvise"):
+            self._thread = threading.Thread(target=self._run, name="mtk-writeback", daemon=True)
+            self._thread.start()
+
+    def written_up_to(self, position: int) -> None:
+        end = position - self.LAG
+        if self._thread is not None and end - self._flushed >= self.STEP:
+            self._ranges.put((self._flushed, end - self._flushed))
+            self._flushed = end
+
+    def _run(self) -> None:
+        while (item := self._ranges.get()) is not None:
+            with contextlib.suppress(OSError):  # a hint: filesystems may refuse it
+                os.posix_fadvise(self._fd, *item, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        """Wait for the hints given so far (before the file descriptor is closed)."""
+        if self._thread is not None:
+            self._ranges.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> EarlyWriteback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def commit(temp: Path, output: Path, overwrite: bool = False) -> None:
