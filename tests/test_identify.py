@@ -324,3 +324,20 @@ def test_ema_report_mentions_the_dots(tmp_path):
     out = inspect_text(str(path), "--no-metric")
     assert "Model type identified as EMA-v1." in out
     assert "EMA UNET keys have their dots removed" in out
+
+
+def test_each_component_is_skipped_only_when_it_cannot_match():
+    """detect() skips a component whose key roots a file lacks; that is exact only if the
+    roots found in the unparsed list are those of its parsed keys, and every component
+    requires at least one key (one that requires none would match any file)."""
+    from model_toolkit.architectures.registry import NameIndex, load_registry, root_of
+
+    registry = load_registry()
+    for component in registry.components.values():
+        assert component.roots == {root_of(name) for name, _ in component.keys}, component.name
+        assert component.required, component.name
+        some_key = sorted(component.keys)[0][0]
+        assert component.may_match(NameIndex([some_key]))
+        if component.prefix:
+            assert component.may_match(NameIndex([component.prefix + some_key]))
+        assert not component.may_match(NameIndex(["no_such_root.weight"]))

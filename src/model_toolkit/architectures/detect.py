@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .registry import Component, Key, Registry, load_registry
+from .registry import Component, Key, NameIndex, Registry, load_registry
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,11 @@ class Detection:
         return list(self.found)
 
 
-def matched_key(name: str, shape: tuple[int, ...], registry: Registry) -> Key:
+def matched_key(
+    name: str, shape: tuple[int, ...], free_shapes: Mapping[str, dict[int, tuple[int, ...]]]
+) -> Key:
     """The key as the registry sees it: free dimensions (LoRA rank) become -1."""
-    free = registry.free_shapes.get(name, {}).get(len(shape))
+    free = free_shapes.get(name, {}).get(len(shape))
     if free is not None:
         shape = tuple(-1 if spec == -1 else size for size, spec in zip(shape, free, strict=True))
     return name, shape
@@ -58,7 +60,13 @@ def describe_missing(missing: set[Key], present: Mapping[str, tuple[int, ...]]) 
 def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = None) -> Detection:
     """Identify a file from its tensor names and shapes."""
     registry = registry or load_registry()
-    keys = {name: matched_key(name, tuple(shape), registry) for name, shape in shapes.items()}
+    names = NameIndex(shapes)
+    candidates = [c for c in registry.components.values() if c.may_match(names)]
+    free_shapes: dict[str, dict[int, tuple[int, ...]]] = {}
+    for component in candidates:
+        for name, by_rank in component.free_shapes.items():
+            free_shapes.setdefault(name, {}).update(by_rank)
+    keys = {name: matched_key(name, tuple(shape), free_shapes) for name, shape in shapes.items()}
     keyset = set(keys.values())
     present = {name: key[1] for name, key in keys.items()}
     real = {name: tuple(shape) for name, shape in shapes.items()}  # what rejections show
@@ -66,7 +74,7 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
 
     forms: dict[str, set[bool]] = {}  # component -> the prefixings it was found in
     matched: dict[str, int] = {}  # subset component -> how many of its keys the file has
-    for component in registry.components.values():
+    for component in candidates:
         found_in: set[bool] = set()
         reasons: list[Rejection] = []
         if component.subset:

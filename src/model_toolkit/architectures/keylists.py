@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # The package's own folder, not importlib.resources: that import alone costs ~20 ms of start-up,
@@ -29,6 +30,15 @@ def parse(text: str) -> KeyList:
 def load(name: str) -> KeyList:
     """A component list shipped with the package, by file stem (e.g. `UNET-v1-SD`)."""
     return parse((DATA / f"{name}.txt").read_text(encoding="utf-8"))
+
+
+# The first dotted segment of each key name: no comment, no space, no dot in it.
+_ROOT = re.compile(r"^[ \t]*([^#.\s][^.\s]*)", re.MULTILINE)
+
+
+def roots(name: str) -> frozenset[str]:
+    """The first segments of a shipped list's key names, found without parsing the list."""
+    return frozenset(_ROOT.findall((DATA / f"{name}.txt").read_text(encoding="utf-8")))
 
 
 def load_path(path: Path) -> KeyList:

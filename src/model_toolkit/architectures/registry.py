@@ -6,8 +6,9 @@ Nothing here knows a particular architecture: adding one is a key list and a lin
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 from . import keylists
 from .keylists import DATA
@@ -17,21 +18,77 @@ Key = tuple[str, tuple[int, ...]]  # (tensor name, shape); -1 in a shape is a fr
 
 @dataclass(frozen=True)
 class Component:
-    """A set of (key, shape) that makes up one part of a model, e.g. the SD-v1 UNET."""
+    """A set of (key, shape) that makes up one part of a model, e.g. the SD-v1 UNET.
+
+    Its key list is parsed on first use: there are 100+ lists with 65k keys in all, and parsing
+    them all would cost a quarter of a second at every start, while a file can only match the
+    few components whose `roots` (first name segments) it has.
+    """
 
     name: str
     cls: str
     prefix: str  # what the keys carry inside a full checkpoint
-    keys: frozenset[Key]  # every key the component may have, without prefix
-    required: frozenset[Key]  # the keys it must have
+    key_list: str  # the data file (stem) with its keys
+    roots: frozenset[str]  # the first dotted segment of every key name, without prefix
+    optional_names: frozenset[str] = frozenset()  # keys it may lack
     ema_of: str | None = None  # an EMA copy: the component it copies, keys without their dots
     subset: bool = False  # found from any of its keys (a LoRA trains some modules, not all)
+
+    @cached_property
+    def keys(self) -> frozenset[Key]:
+        """Every key the component may have, without prefix."""
+        return frozenset(keylists.load(self.key_list))
+
+    @cached_property
+    def required(self) -> frozenset[Key]:
+        """The keys it must have."""
+        return frozenset(k for k in self.keys if k[0] not in self.optional_names)
+
+    @cached_property
+    def free_shapes(self) -> dict[str, dict[int, tuple[int, ...]]]:
+        """Key name (bare and prefixed) -> {rank: shape} for shapes with free dimensions (-1:
+        a LoRA's rank); by rank, as one name may be 4-D in one list and 2-D in another."""
+        free: dict[str, dict[int, tuple[int, ...]]] = {}
+        for name, shape in self.keys:
+            if -1 in shape:
+                free.setdefault(name, {})[len(shape)] = shape
+                free.setdefault(self.prefix + name, {})[len(shape)] = shape
+        return free
 
     def keyset(self, prefixed: bool, required_only: bool = False) -> frozenset[Key]:
         keys = self.required if required_only else self.keys
         if not prefixed or not self.prefix:
             return keys
         return frozenset((self.prefix + name, shape) for name, shape in keys)
+
+    def may_match(self, names: NameIndex) -> bool:
+        """Whether a file with these tensor names has any key of this component, with its
+        prefix or without: if not, it can neither be found nor be a near miss."""
+        return not self.roots.isdisjoint(names.roots("")) or (
+            bool(self.prefix) and not self.roots.isdisjoint(names.roots(self.prefix))
+        )
+
+
+class NameIndex:
+    """A file's tensor names by first segment, after any prefix asked for (cached)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._names = list(names)
+        self._roots: dict[str, set[str]] = {}
+
+    def roots(self, prefix: str) -> set[str]:
+        found = self._roots.get(prefix)
+        if found is None:
+            skip = len(prefix)
+            found = self._roots[prefix] = {
+                root_of(name[skip:]) for name in self._names if name.startswith(prefix)
+            }
+        return found
+
+
+def root_of(name: str) -> str:
+    """The first dotted segment of a key name (keylists.roots finds the same in a list)."""
+    return name.partition(".")[0]
 
 
 @dataclass(frozen=True)
@@ -65,7 +122,6 @@ class Registry:
     architectures: dict[str, Architecture]
     preferred: tuple[str, ...]  # chosen first, in this order, when found
     known: dict[str, dict[str, int]]  # metric values of known components, by part
-    free_shapes: dict[str, dict[int, tuple[int, ...]]]  # key -> {ndim: shape, -1: any size}
 
     def classes_of(self, names: set[str]) -> dict[str, list[str]]:
         result: dict[str, list[str]] = {}
@@ -82,25 +138,19 @@ def load_registry() -> Registry:
         name: frozenset((key, tuple(shape)) for key, shape in keys)
         for name, keys in raw["optional_keys"].items()
     }
-    components: dict[str, Component] = {}
-    free_shapes: dict[str, dict[int, tuple[int, ...]]] = {}
-    for name, spec in raw["components"].items():
-        keys = frozenset(keylists.load(spec["keys"]))
-        absent_ok = set(spec.get("optional", []))
-        required = frozenset(k for k in keys if k[0] not in absent_ok)
-        components[name] = Component(
+    components = {
+        name: Component(
             name,
             spec["class"],
             spec["prefix"],
-            keys,
-            required,
+            spec["keys"],
+            keylists.roots(spec["keys"]),
+            frozenset(spec.get("optional", [])),
             spec.get("ema_of"),
             spec.get("subset", False),
         )
-        for key, shape in keys:
-            if -1 in shape:  # by rank: one name may be 4-D in one list and 2-D in another
-                free_shapes.setdefault(key, {})[len(shape)] = shape
-                free_shapes.setdefault(spec["prefix"] + key, {})[len(shape)] = shape
+        for name, spec in raw["components"].items()
+    }
     architectures = {
         name: Architecture(
             name,
@@ -118,4 +168,4 @@ def load_registry() -> Registry:
         )
         for name, spec in raw["architectures"].items()
     }
-    return Registry(components, architectures, tuple(raw["preferred"]), raw["known"], free_shapes)
+    return Registry(components, architectures, tuple(raw["preferred"]), raw["known"])
