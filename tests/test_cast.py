@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from model_toolkit import dtypes
-from model_toolkit.dtypes import DTYPES, cast
+from model_toolkit import casting
+from model_toolkit.casting import cast
+from model_toolkit.dtypes import DTYPES
 
 FLOATS = ["F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"]
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -22,8 +23,8 @@ N = 64 * 20_000
 def implementation(request, monkeypatch):
     """Every test runs on both ways of casting: the compiled loops and plain numpy."""
     if request.param == "numpy":
-        monkeypatch.setattr(dtypes, "kernels", None)
-    elif dtypes.kernels is None:
+        monkeypatch.setattr(casting, "kernels", None)
+    elif casting.kernels is None:
         pytest.skip("the compiled kernels are not built here (no C compiler at install)")
     return request.param
 
@@ -119,7 +120,7 @@ def test_float8_e4m3_saturates() -> None:
 
 def test_fast_float16_rounding_equals_numpy_across_the_whole_range():
     """The integer-ufunc float16 conversion against numpy's, on a sweep of all float32 bits."""
-    from model_toolkit.dtypes import _float32_to_float16
+    from model_toolkit.casting import _float32_to_float16
 
     bits = np.arange(0, 2**32, 997, dtype=np.uint64).astype(np.uint32)
     bits = np.concatenate(

@@ -198,10 +198,10 @@ def test_broken_position_ids(tmp_path):
 def test_compiled_sums_equal_numpy_sums(dtype, monkeypatch):
     """The compiled one-pass sum (rounding to float16 included) against numpy's gather-and-sum,
     with the vector/scalar cut anywhere, NaN and infinities included."""
-    from model_toolkit import dtypes
+    from model_toolkit import casting
     from model_toolkit.fingerprints import _chunk_sum
 
-    if dtypes.kernels is None:
+    if casting.kernels is None:
         pytest.skip("the compiled kernels are not built here (no C compiler at install)")
     rng = np.random.default_rng(11)
     values = (rng.standard_normal(100_003) * 0.05).astype(dtype)
@@ -212,7 +212,7 @@ def test_compiled_sums_equal_numpy_sums(dtype, monkeypatch):
     for cut in (0, 16, 50_000, len(values)):
         compiled = _chunk_sum(values, cut)
         with monkeypatch.context() as patch:
-            patch.setattr(dtypes, "kernels", None)
+            patch.setattr(casting, "kernels", None)
             plain = _chunk_sum(values, cut)
         assert compiled == pytest.approx(plain, rel=1e-12, abs=1e-9), cut
         sums[cut] = compiled

@@ -14,11 +14,12 @@ from functools import partial
 
 import numpy as np
 
-from . import dtypes
+from . import casting
 from .analysis import Analysis
 from .architectures.detect import allowed_keys
 from .architectures.registry import load_registry
-from .dtypes import DTYPES, cast
+from .casting import cast
+from .dtypes import DTYPES
 from .model import TensorRef
 from .plan import PlanEntry, cast_threads, run_in_order
 from .sigmoid import VECTOR_BLOCK, half_tables
@@ -46,10 +47,11 @@ def _chunk_sum(chunk: np.ndarray, cut: int) -> float:
     """sum(sigmoid(x) - 0.5) over a chunk: elements before `cut` take torch's vector path,
     the rest its scalar path. A NaN weight makes the sum NaN, as it does in torch."""
     vector_table, scalar_table = half_tables()
-    if dtypes.kernels is not None and chunk.dtype in (np.float32, np.float16):
+    kernels = casting.kernels
+    if kernels is not None and chunk.dtype in (np.float32, np.float16):
         # One compiled pass (rounding included), no float16 copy of the chunk.
         half = chunk.dtype == np.float16
-        return dtypes.kernels.table_sum(chunk[:cut], vector_table, half) + dtypes.kernels.table_sum(
+        return kernels.table_sum(chunk[:cut], vector_table, half) + kernels.table_sum(
             chunk[cut:], scalar_table, half
         )
     bits = cast(chunk, DTYPES["F16"]).view(np.uint16)

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .dtypes import DType, cast
+from .casting import cast
+from .dtypes import DType
 from .model import DEFAULT_CHUNK_BYTES, TensorRef
 
 T = TypeVar("T")
