@@ -8,8 +8,9 @@ with mtk.open("model.ckpt") as model:        # reads the header only, never runs
 
 from __future__ import annotations
 
-from .analysis import Analysis, analyze
-from .dtypes import DTYPES, DType, precision_dtype
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     FormatError,
     ModelToolkitError,
@@ -17,15 +18,53 @@ from .errors import (
     UnsafeFileError,
     UsageError,
 )
-from .fingerprints import Metric, compute_metric
-from .formats import open_model
-from .model import ModelFile, TensorRef
-from .operations import convert
-from .plan import Plan, PlanEntry
 from .version import __version__
-from .write import write_plan
 
-open = open_model
+if TYPE_CHECKING:
+    from .analysis import Analysis, analyze
+    from .dtypes import DTYPES, DType, precision_dtype
+    from .fingerprints import Metric, compute_metric
+    from .formats import open_model
+    from .model import ModelFile, TensorRef
+    from .operations import convert
+    from .plan import Plan, PlanEntry
+    from .write import write_plan
+
+    open = open_model
+
+# The API is imported on first use: `mtk inspect` needs neither numpy nor the writers, and
+# importing everything costs more than identifying a file.
+_LAZY = {
+    "Analysis": "analysis",
+    "analyze": "analysis",
+    "DTYPES": "dtypes",
+    "DType": "dtypes",
+    "precision_dtype": "dtypes",
+    "Metric": "fingerprints",
+    "compute_metric": "fingerprints",
+    "open_model": "formats",
+    "ModelFile": "model",
+    "TensorRef": "model",
+    "convert": "operations",
+    "Plan": "plan",
+    "PlanEntry": "plan",
+    "write_plan": "write",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "open":
+        return __getattr__("open_model")
+    if name not in _LAZY:  # a submodule, as `model_toolkit.operations` after a plain import
+        try:
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise  # the submodule exists; something it needs is missing
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [

@@ -7,12 +7,15 @@ broken position ids) are computed in fingerprints.py, only when asked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.registry import Key, load_registry
 from .dtypes import DTYPES, DType, target_dtype
+
+if TYPE_CHECKING:
+    from .plan import Plan, PlanEntry
 from .model import ModelFile, TensorRef
-from .plan import Plan, PlanEntry
 
 EMA_PREFIX = "model_ema."
 # Old NAI-style checkpoints lack `text_model.` in their CLIP keys; they are renamed on the way.
@@ -82,12 +85,12 @@ def analyze(
     default, None: keep) would do. A plan is analysed as the file it would write, so that
     operations compose."""
     registry = load_registry()
-    if isinstance(model, Plan):
-        tensors: dict[str, TensorRef | PlanEntry] = {e.name: e for e in model.entries}
-        path, file_format = model.origin, "plan"
-    else:
-        tensors = dict(model.tensors)
+    if isinstance(model, ModelFile):
+        tensors: dict[str, TensorRef | PlanEntry] = dict(model.tensors)
         path, file_format = str(model.path), model.format
+    else:  # a Plan (not imported here: it needs numpy, which identifying does not)
+        tensors = {e.name: e for e in model.entries}
+        path, file_format = model.origin, "plan"
     shapes = {name: ref.shape for name, ref in tensors.items()}
     detection = detect(shapes, registry)
     allowed: set[Key] = set()

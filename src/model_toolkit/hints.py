@@ -11,8 +11,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .analysis import Analysis
 
 # ComfyUI's SD20.model_type: the std of this bias tells v-prediction (> 0.09) from epsilon.
@@ -78,6 +76,8 @@ def data_hints(analysis: Analysis) -> list[Hint]:
     """Hints that read a few values: SD-v2's prediction type from one 320-float bias."""
     if analysis.architecture != "SD-v2" or SD2_VPRED_KEY not in analysis.tensors:
         return []
+    import numpy as np
+
     values = np.asarray(analysis.tensors[SD2_VPRED_KEY].read(), dtype=np.float64)
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
     value = "v-prediction" if std > SD2_VPRED_STD else "epsilon"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .analysis import Analysis
 from .architectures.registry import load_registry
-from .fingerprints import Metric
 from .hints import Hint
+
+if TYPE_CHECKING:
+    from .fingerprints import Metric
 
 JUNK_AS_SIZE = 16 * 1024 * 1024  # below this, junk is counted in keys rather than bytes
 ABBREVIATE = 5

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..dtypes import DType
 from ..errors import UsageError
-from ..plan import Plan
+
+if TYPE_CHECKING:
+    from ..plan import Plan
 
 PROTO = b"\x80\x02"
 STOP = b"."

@@ -13,14 +13,16 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..dtypes import DTYPES
 from ..errors import FormatError, UsageError
 from ..model import FileData, ModelFile, Storage, TensorRef
-from ..plan import Plan
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..plan import Plan
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 ALIGNMENT = 8  # the header is padded with spaces so that the data section starts aligned
@@ -171,7 +173,7 @@ def write(plan: Plan, out: BinaryIO, progress: Progress, chunk_bytes: int) -> No
         raise FormatError("the plan has duplicate tensor names")
     out.write(header_bytes(plan))
     for chunk in plan.iter_output(chunk_bytes):
-        raw = chunk.view(np.uint8)
+        raw = chunk.view("uint8")
         if not _all_zero(raw):
             out.write(raw)
         else:

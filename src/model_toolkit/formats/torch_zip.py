@@ -14,15 +14,17 @@ import struct
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import FormatError
 from ..model import FileData, ModelFile, Storage, TensorRef
-from ..plan import Plan
 from . import pickle_writer, unpickler
 from .torch_common import MAX_PICKLE_BYTES, split_checkpoint
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..plan import Plan
 
 STORAGE_ALIGNMENT = 64  # torch aligns every storage record so that mmap loading works
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
@@ -162,7 +164,7 @@ def _take(chunks: Iterator[np.ndarray], nbytes: int) -> Iterator[memoryview]:
     while nbytes > 0:
         chunk = next(chunks)
         nbytes -= chunk.nbytes
-        yield memoryview(chunk.view(np.uint8))
+        yield memoryview(chunk.view("uint8"))
 
 
 def write(plan: Plan, out: BinaryIO, progress: Callable[[int], None], chunk_bytes: int) -> None:

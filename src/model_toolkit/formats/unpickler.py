@@ -20,11 +20,12 @@ import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..dtypes import BY_STORAGE, BY_TORCH_NAME, DType
+
+if TYPE_CHECKING:
+    import numpy as np
 from ..errors import FormatError, UnsafeFileError
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +121,8 @@ class NumpyDType:
             self.byteorder = "<" if state[1] in "|=" else state[1]
 
     def numpy(self) -> np.dtype:
+        import numpy as np
+
         return np.dtype(self.byteorder + self.code)
 
 
@@ -165,6 +168,8 @@ class NumpyArray:
         if not isinstance(raw, bytes) or not isinstance(shape, tuple):
             self.value = f"<numpy array {shape}>"
             return
+        import numpy as np
+
         array = np.frombuffer(raw, dtype=dtype.numpy())
         if array.size > MAX_PLAIN_ARRAY:
             self.value = f"<numpy array {tuple(shape)} {array.dtype}>"
@@ -278,6 +283,8 @@ def _rebuild_from_type(func: Any, new_type: Any, args: Any, state: Any = None) -
 def _numpy_scalar(dtype: Any, raw: Any = None) -> Any:
     if not isinstance(dtype, NumpyDType) or not isinstance(raw, bytes):
         raise FormatError("malformed numpy scalar in pickle")
+    import numpy as np
+
     values = np.frombuffer(raw, dtype=dtype.numpy())
     if values.size != 1:
         raise FormatError("malformed numpy scalar in pickle")
