@@ -4,9 +4,10 @@
     python bench/run.py --quick    # inputs with dimensions divided by 16: a smoke test for CI
 
 Inputs are built once (real key names and shapes, random values) and cached in bench/.cache.
-Each case runs `mtk` as a child process several times; the table shows the median wall time,
-the child's peak RSS, and the floor measured in the same run: `cat` of the bytes read plus
-`cp` (and fsync, as mtk's writes are fsynced) of a file the size of the output.
+Each case runs `mtk` as a child process several times (after one untimed run); the table shows
+the median wall time, the child's peak RSS, and the floor measured in the same run: `cat` of the
+bytes read plus a copy (`dd`) and `sync` of as many bytes as the output has. Before each case the
+other inputs are dropped from the page cache and its own input is read once (a warm cache).
 
 This driver imports only the standard library, so that it stays small: a child's peak RSS is
 read through wait4(), and Linux counts in it what the child had before exec, i.e. this process.
@@ -53,29 +54,34 @@ def run_measured(command: list[str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
-def floor_seconds(reads: Path, output_size: int, scratch: Path) -> float:
-    """cat of the bytes read, plus cp + fsync of a file as large as the output."""
+def floor_seconds(reads: Path, output_size: int, target: Path) -> float:
+    """cat of the bytes read, plus a copy (dd) + sync of as many bytes as the output has, taken
+    from the same (cached) input, as mtk's writes are synced too."""
     start = time.perf_counter()
     subprocess.run(["cat", str(reads)], stdout=subprocess.DEVNULL, check=True)
     read_time = time.perf_counter() - start
     if output_size == 0:
         return read_time
-    sample = scratch / "floor-source.bin"
-    if not sample.exists() or sample.stat().st_size != output_size:
-        with open(sample, "wb") as handle:
-            handle.truncate(0)
-            block = os.urandom(MIB)
-            for _ in range(output_size // MIB):
-                handle.write(block)
-            handle.write(block[: output_size % MIB])
-    subprocess.run(["cat", str(sample)], stdout=subprocess.DEVNULL, check=True)  # warm
-    target = scratch / "floor-copy.bin"
+    copy = ["dd", f"if={reads}", f"of={target}", "bs=4M", "iflag=count_bytes"]
     start = time.perf_counter()
-    subprocess.run(["cp", str(sample), str(target)], check=True)
+    subprocess.run([*copy, f"count={output_size}"], check=True, stderr=subprocess.DEVNULL)
     subprocess.run(["sync", str(target)], check=True)
     write_time = time.perf_counter() - start
     target.unlink()
     return read_time + write_time
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop files from the page cache, so that the inputs of other cases (22 GiB in all, on a
+    machine that may have less memory) do not make this case's writes wait for memory."""
+    for path in paths:
+        if not path.is_file() or not hasattr(os, "posix_fadvise"):
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def make_inputs(quick: bool) -> dict[str, Path]:
@@ -191,17 +197,22 @@ def main() -> None:
     failures = 0
     for case in cases:
         command = [mtk, *(a.replace("{out}", str(out)) for a in case.args)]
+        evict([path for path in CACHE.glob("*") if path != case.reads])
         subprocess.run(["cat", str(case.reads)], stdout=subprocess.DEVNULL, check=True)  # warm
+        if not options.quick:
+            run_measured(command)  # warm-up: the interpreter's files, the output's folder
         times, peaks, floors = [], [], []
         output_size = 0
         for _ in range(runs):
-            if case.output is not None and case.output.exists():
-                case.output.unlink()
+            if case.output is not None:
+                case.output.unlink(missing_ok=True)  # each run starts with the same free memory
             elapsed, peak = run_measured(command)
             times.append(elapsed)
             peaks.append(peak)
             output_size = case.output.stat().st_size if case.output else 0
-            floors.append(floor_seconds(case.reads, output_size, scratch))
+            if case.output is not None:
+                case.output.unlink()
+            floors.append(floor_seconds(case.reads, output_size, scratch / "floor-copy.bin"))
         median, floor = statistics.median(times), statistics.median(floors)
         ratio = median / floor if floor else float("nan")
         peak = max(peaks)
@@ -221,10 +232,6 @@ def main() -> None:
             f"{output_size / MIB / 1024:>7.2f}G {median:>7.2f} {floor:>8.2f} {ratio:>6.2f} "
             f"{peak:>6.0f}MiB  {target}"
         )
-        if case.output is not None and case.output.exists():
-            case.output.unlink()
-    for leftover in scratch.glob("floor-*"):
-        leftover.unlink()
     if options.quick:
         print("quick mode: a smoke test; the targets are for the full-size inputs")
     elif failures:
