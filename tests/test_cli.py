@@ -102,3 +102,26 @@ def test_bad_arguments_exit_2(tmp_path):
     assert mtk_run("convert").returncode == 2
     assert mtk_run("convert", "a", "b", "--precision", "fp9").returncode == 2
     assert mtk_run("nonsense").returncode == 2
+
+
+def test_identifying_imports_neither_numpy_nor_the_writers(tmp_path):
+    """`mtk inspect --no-metric` reads names and shapes only; numpy, the casting code and the
+    writers would add ~0.2 s to every start (issue #5: identify within 0.5 s)."""
+    source = tmp_path / "m.safetensors"
+    save_file({"first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4)}, source)
+    script = (
+        "import sys\n"
+        "from model_toolkit import cli\n"
+        "sys.argv = ['mtk', 'inspect', sys.argv[1], '--no-metric']\n"
+        "try:\n"
+        "    cli.main()\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "heavy = {'numpy', 'ml_dtypes', 'pydantic', 'model_toolkit.plan', 'model_toolkit.write'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(source)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
