@@ -29,6 +29,9 @@ def chunked(path: Path, max_bytes: int) -> dict[str, bytes]:
             parts = [chunk.tobytes() for chunk in ref.iter_chunks(max_bytes)]
             assert all(len(p) <= max(max_bytes, ref.dtype.itemsize) for p in parts)
             result[name] = b"".join(parts)
+            # The same values through chunk_work (mapped where the bytes lie raw in the file).
+            seen = [work(lambda values: values.tobytes()) for _, work in ref.chunk_work(max_bytes)]
+            assert b"".join(seen) == result[name], name
         return result
 
 

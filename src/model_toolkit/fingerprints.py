@@ -65,6 +65,12 @@ def _chunk_jobs(ref: TensorRef | PlanEntry) -> Iterator[Callable[[], float]]:
     """Per chunk of a tensor, the work that reads it and sums it, to run in a worker thread."""
     tail_start = ref.numel - ref.numel % VECTOR_BLOCK  # torch's last n % 16 go one by one
     position = 0
+    if isinstance(ref, TensorRef):  # summed where the file's bytes lie, without a copy
+        for count, work_on in ref.chunk_work():
+            cut = max(0, min(count, tail_start - position))
+            yield partial(work_on, partial(_chunk_sum, cut=cut))
+            position += count
+        return
     for count, read in ref.chunk_reads():
         yield partial(_read_and_sum, read, max(0, min(count, tail_start - position)))
         position += count

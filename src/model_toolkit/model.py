@@ -18,13 +18,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .dtypes import DType
 from .errors import FormatError
 
 if TYPE_CHECKING:
     import numpy as np
+
+T = TypeVar("T")
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024  # large enough for few syscalls, small enough for caches
 
@@ -259,6 +261,39 @@ class TensorRef:
             yield count, partial(self._read_at, position, count)
             position += count * itemsize
 
+    def chunk_work(
+        self, max_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> Iterator[tuple[int, Callable[[Callable[[np.ndarray], T]], T]]]:
+        """Per chunk, its length and a function that runs some work on its values.
+
+        For work that only looks at the values (a sum): raw file chunks are then not copied out
+        of the page cache but seen through the file's mapping, and their pages leave our
+        resident set after the work (else a 4 GiB read would count 4 GiB there)."""
+        data = self.storage.data
+        if data is None or self.byte_range is None or self.big_endian:
+            for count, read in self.chunk_reads(max_bytes):
+                yield count, partial(_work_on, read)
+            return
+        data.mmap  # noqa: B018 - mapped here, once, rather than raced for by worker threads
+        itemsize = self.dtype.itemsize
+        per_chunk = max(1, max_bytes // itemsize)
+        position = self.byte_range[0]
+        for first in range(0, self.numel, per_chunk):
+            count = min(per_chunk, self.numel - first)
+            yield count, partial(self._work_on_mapped, position, count)
+            position += count * itemsize
+
+    def _work_on_mapped(self, position: int, count: int, work: Callable[[np.ndarray], T]) -> T:
+        import numpy as np
+
+        assert self.storage.data is not None
+        view = np.frombuffer(self.storage.data.mmap, self.dtype.numpy, count, position)
+        try:
+            return work(view)
+        finally:
+            del view
+            self.storage.data.release(position, position + count * self.dtype.itemsize)
+
     def _read_at(self, position: int, count: int) -> np.ndarray:
         import numpy as np
 
@@ -297,6 +332,10 @@ class TensorRef:
         if self.storage.data is not None and self.storage.member is None:
             start = self.storage.offset
             self.storage.data.release(start, start + self.storage.nbytes)
+
+
+def _work_on(read: Callable[[], np.ndarray], work: Callable[[np.ndarray], T]) -> T:
+    return work(read())
 
 
 def _given(values: np.ndarray) -> np.ndarray:
