@@ -19,13 +19,17 @@ SIGNED = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 N = 64 * 20_000
 
 
-@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+@pytest.fixture(autouse=True, params=["compiled", "compiled-portable", "numpy"])
 def implementation(request, monkeypatch):
-    """Every test runs on both ways of casting: the compiled loops and plain numpy."""
+    """Every test runs on each way of casting: the compiled loops (float16 by the CPU's F16C
+    instructions where it has them, and by the portable loop), and plain numpy."""
     if request.param == "numpy":
         monkeypatch.setattr(casting, "kernels", None)
     elif casting.kernels is None:
         pytest.skip("the compiled kernels are not built here (no C compiler at install)")
+    elif request.param == "compiled-portable":
+        casting.kernels.use_portable_half()
+        request.addfinalizer(casting.kernels.use_best_half)
     return request.param
 
 

@@ -87,7 +87,35 @@ static inline uint8_t e5m2_of(uint32_t x) {
         for (Py_ssize_t i = 0; i < count; i++) dst[i] = CONVERT(src[i]);          \
     }
 
-NARROWING_LOOP(half, uint16_t, half_of)
+NARROWING_LOOP(half_portable, uint16_t, half_of)
+
+/* x86-64 CPUs since 2012 convert 8 floats to float16 in one instruction (F16C, round to nearest
+ * even, NaN quieted with its top payload bits): the same bits as half_of, ~3x faster; torch's
+ * own conversion uses it. Chosen at run time; other machines use the portable loop. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+__attribute__((target("avx,f16c"))) static void half_f16c(const uint32_t *src, uint16_t *dst,
+                                                          Py_ssize_t count) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        __m256 values = _mm256_loadu_ps((const float *)(src + i));
+        __m128i halves = _mm256_cvtps_ph(values, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128((__m128i *)(dst + i), halves);
+    }
+    for (; i < count; i++) dst[i] = half_of(src[i]);
+}
+
+static int has_f16c(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+}
+#else
+#define half_f16c half_portable_loop
+static int has_f16c(void) { return 0; }
+#endif
+
+static void (*half_loop)(const uint32_t *, uint16_t *, Py_ssize_t) = half_portable_loop;
 NARROWING_LOOP(bfloat, uint16_t, bfloat_of)
 NARROWING_LOOP(e4m3fn, uint8_t, e4m3fn_of)
 NARROWING_LOOP(e5m2, uint8_t, e5m2_of)
@@ -115,6 +143,23 @@ static PyObject *narrow(PyObject *args, narrowing_loop loop, Py_ssize_t out_size
 
 static PyObject *f32_to_f16(PyObject *self, PyObject *args) {
     return narrow(args, (narrowing_loop)half_loop, 2);
+}
+
+/* Which float16 loop runs here: "f16c" or "portable" (for tests and the benchmark's notes). */
+static PyObject *half_method(PyObject *self, PyObject *unused) {
+    return PyUnicode_FromString(half_loop == half_portable_loop ? "portable" : "f16c");
+}
+
+/* use_portable_half(): the portable loop from now on, so that tests check it too. */
+static PyObject *use_portable_half(PyObject *self, PyObject *unused) {
+    half_loop = half_portable_loop;
+    Py_RETURN_NONE;
+}
+
+/* use_best_half(): back to the fastest loop this CPU has. */
+static PyObject *use_best_half(PyObject *self, PyObject *unused) {
+    half_loop = has_f16c() ? half_f16c : half_portable_loop;
+    Py_RETURN_NONE;
 }
 static PyObject *f32_to_bf16(PyObject *self, PyObject *args) {
     return narrow(args, (narrowing_loop)bfloat_loop, 2);
@@ -173,9 +218,15 @@ static PyMethodDef methods[] = {
     {"f32_to_e4m3fn", f32_to_e4m3fn, METH_VARARGS, "float32 -> float8_e4m3fn bits, as torch."},
     {"f32_to_e5m2", f32_to_e5m2, METH_VARARGS, "float32 -> float8_e5m2 bits, as torch."},
     {"table_sum", table_sum, METH_VARARGS, "Sum of a float16-indexed table over values."},
+    {"half_method", half_method, METH_NOARGS, "The float16 loop in use."},
+    {"use_portable_half", use_portable_half, METH_NOARGS, "Use the portable float16 loop."},
+    {"use_best_half", use_best_half, METH_NOARGS, "Use the fastest float16 loop."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void) {
+    if (has_f16c()) half_loop = half_f16c;
+    return PyModule_Create(&module);
+}
