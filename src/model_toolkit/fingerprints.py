@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from .dtypes import DTYPES
 from .model import TensorRef
 from .plan import PlanEntry, cast_threads, run_in_order
 from .sigmoid import VECTOR_BLOCK, half_tables
+
+T = TypeVar("T")
 
 UNET_CLASSES = {"UNET-v1", "UNET-v1-Pix2Pix", "UNET-v2", "UNET-v2-Depth"}
 VAE_CLASSES = {"VAE-v1"}
@@ -61,23 +64,46 @@ def _chunk_sum(chunk: np.ndarray, cut: int) -> float:
     )
 
 
-def _chunk_jobs(ref: TensorRef | PlanEntry) -> Iterator[Callable[[], float]]:
-    """Per chunk of a tensor, the work that reads it and sums it, to run in a worker thread."""
+def _chunk_jobs(ref: TensorRef | PlanEntry) -> Iterator[tuple[int, Callable[[], float]]]:
+    """Per chunk of a tensor, its length and the work that reads it and sums it."""
     tail_start = ref.numel - ref.numel % VECTOR_BLOCK  # torch's last n % 16 go one by one
     position = 0
     if isinstance(ref, TensorRef):  # summed where the file's bytes lie, without a copy
         for count, work_on in ref.chunk_work():
             cut = max(0, min(count, tail_start - position))
-            yield partial(work_on, partial(_chunk_sum, cut=cut))
+            yield count, partial(work_on, partial(_chunk_sum, cut=cut))
             position += count
         return
     for count, read in ref.chunk_reads():
-        yield partial(_read_and_sum, read, max(0, min(count, tail_start - position)))
+        yield count, partial(_read_and_sum, read, max(0, min(count, tail_start - position)))
         position += count
 
 
 def _read_and_sum(read: Callable[[], np.ndarray], cut: int) -> float:
     return _chunk_sum(read(), cut)
+
+
+BATCH_ELEMENTS = 1 << 20  # small tensors (biases, norms) are summed many to a job
+
+
+def _batches(refs: list[TensorRef | PlanEntry]) -> Iterator[Callable[[], list[tuple[int, float]]]]:
+    """Every tensor's chunk jobs, in order, grouped so that each batch has about a chunk's worth
+    of elements: a job per bias would cost more in handing it to a thread than in summing."""
+    batch: list[Callable[[], tuple[int, float]]] = []
+    size = 0
+    for index, ref in enumerate(refs):
+        for count, job in _chunk_jobs(ref):
+            batch.append(partial(_tagged, index, job))
+            size += count
+            if size >= BATCH_ELEMENTS:
+                yield partial(_run_all, batch)
+                batch, size = [], 0
+    if batch:
+        yield partial(_run_all, batch)
+
+
+def _run_all(jobs: list[Callable[[], T]]) -> list[T]:
+    return [job() for job in jobs]
 
 
 def _tagged(index: int, job: Callable[[], float]) -> tuple[int, float]:
@@ -88,11 +114,9 @@ def _tensor_sums(refs: list[TensorRef | PlanEntry]) -> list[np.float32]:
     """`torch.sum(torch.sigmoid(t.half().float()) - 0.5)` of each tensor, as float32: chunks
     are read and summed on all cores, and added up in file order."""
     totals = [0.0] * len(refs)
-    jobs = (
-        partial(_tagged, index, job) for index, ref in enumerate(refs) for job in _chunk_jobs(ref)
-    )
-    for index, value in run_in_order(jobs, max(1, cast_threads())):
-        totals[index] += value
+    for batch in run_in_order(_batches(refs), max(1, cast_threads())):
+        for index, value in batch:
+            totals[index] += value
     return [np.float32(total) for total in totals]
 
 
