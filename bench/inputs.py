@@ -1,6 +1,7 @@
 """Builds the benchmark's input files (called by bench/run.py; run in its own process).
 
     python bench/inputs.py --full|--quick KEY=PATH ...   (KEY: sd1_ckpt, sd1_st, sdxl_st)
+    python bench/inputs.py --metric-bytes PATH           (what the metric reads of a file)
 
 Real key names and shapes (the lists kept in tests/data/keys and the package's component data),
 random values: every tensor's bytes are a window of a 256 MiB file of normally distributed
@@ -94,8 +95,21 @@ def sdxl_plan(scale: int) -> Plan:
     return Plan(build.entries)
 
 
+def metric_bytes(path: str) -> int:
+    """How many bytes of the file the metric reads: the floor of the metric case."""
+    from model_toolkit.analysis import analyze
+    from model_toolkit.fingerprints import metric_tensors
+    from model_toolkit.formats import open_model
+
+    with open_model(path) as model:
+        return sum(ref.nbytes for _, ref in metric_tensors(analyze(model)))
+
+
 def main() -> None:
     mode, *targets = sys.argv[1:]
+    if mode == "--metric-bytes":
+        print(metric_bytes(targets[0]))
+        return
     scale = 16 if mode == "--quick" else 1
     CACHE.mkdir(parents=True, exist_ok=True)
     plans = {"sd1_ckpt": sd1_plan, "sd1_st": sd1_plan, "sdxl_st": sdxl_plan}

@@ -138,9 +138,33 @@ ALL_PARTS = frozenset({"unet", "vae", "clip"})
 def compute_metric(analysis: Analysis, parts_wanted: frozenset[str] = ALL_PARTS) -> Metric:
     """Stream the tensors the metric covers, in file order, and score each part (only the
     parts wanted: naming a known VAE or CLIP needs neither the UNET nor its reading time)."""
+    if analysis.detection.resolved is None:
+        return Metric("----/----/----", None, None, None)
+    parts = metric_tensors(analysis, parts_wanted)
+    sums = {"unet": np.float32(0), "vae": np.float32(0), "clip": np.float32(0)}
+    for (part, _), value in zip(parts, _tensor_sums([ref for _, ref in parts]), strict=True):
+        sums[part] = np.float32(sums[part] + value)  # float32, in file order, as the original
+    clip_part = "clip-v1" if "CLIP-v1" in analysis.detection.components else "clip"
+    scores: dict[str, int | None] = {
+        "unet": _score(sums["unet"], "unet") if sums["unet"] != 0 else None,
+        "vae": _score(sums["vae"], "vae") if sums["vae"] != 0 else None,
+        "clip": _score(sums["clip"], clip_part) if sums["clip"] != 0 else None,
+    }
+    # "----": the part is absent; "NaN!": its weights hold NaN or inf (a broken merge).
+    text = "/".join(
+        "----" if sums[part] == 0 else "NaN!" if value is None else f"{value:04}"
+        for part, value in scores.items()
+    )
+    return Metric(text, scores["unet"], scores["vae"], scores["clip"])
+
+
+def metric_tensors(
+    analysis: Analysis, parts_wanted: frozenset[str] = ALL_PARTS
+) -> list[tuple[str, TensorRef | PlanEntry]]:
+    """The tensors the metric sums, in file order, each with its part (unet, vae, clip)."""
     detection = analysis.detection
     if detection.resolved is None:
-        return Metric("----/----/----", None, None, None)
+        return []
     registry = load_registry()
     resolved = {cls: [name] for cls, name in detection.components.items()}
 
@@ -157,22 +181,7 @@ def compute_metric(analysis: Analysis, parts_wanted: frozenset[str] = ALL_PARTS)
             parts.append(("vae", ref))
         if key in clip_keys and "mlp." in name and ".23." not in name:
             parts.append(("clip", ref))
-    parts = [(part, ref) for part, ref in parts if part in parts_wanted]
-    sums = {"unet": np.float32(0), "vae": np.float32(0), "clip": np.float32(0)}
-    for (part, _), value in zip(parts, _tensor_sums([ref for _, ref in parts]), strict=True):
-        sums[part] = np.float32(sums[part] + value)  # float32, in file order, as the original
-    clip_part = "clip-v1" if "CLIP-v1" in detection.components else "clip"
-    scores: dict[str, int | None] = {
-        "unet": _score(sums["unet"], "unet") if sums["unet"] != 0 else None,
-        "vae": _score(sums["vae"], "vae") if sums["vae"] != 0 else None,
-        "clip": _score(sums["clip"], clip_part) if sums["clip"] != 0 else None,
-    }
-    # "----": the part is absent; "NaN!": its weights hold NaN or inf (a broken merge).
-    text = "/".join(
-        "----" if sums[part] == 0 else "NaN!" if value is None else f"{value:04}"
-        for part, value in scores.items()
-    )
-    return Metric(text, scores["unet"], scores["vae"], scores["clip"])
+    return [(part, ref) for part, ref in parts if part in parts_wanted]
 
 
 def known_components(metric: Metric) -> list[str]:
