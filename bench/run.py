@@ -2,12 +2,14 @@
 
     python bench/run.py            # full size: SD1 fp32 .ckpt with EMA (~7.2 GiB), SDXL fp16
     python bench/run.py --quick    # inputs with dimensions divided by 16: a smoke test for CI
+    python bench/run.py --only metric   # the cases whose name contains "metric"
 
 Inputs are built once (real key names and shapes, random values) and cached in bench/.cache.
 Each case runs `mtk` as a child process several times (after one untimed run); the table shows
 the median wall time, the child's peak RSS, and the floor measured in the same run: `cat` of the
 bytes read plus a copy (`dd`) and `sync` of as many bytes as the output has. Before each case the
-other inputs are dropped from the page cache and its own input is read once (a warm cache).
+other inputs are dropped from the page cache and its own input is read once (a warm cache);
+a "cold cache" case drops its input before each run and each floor instead.
 
 This driver imports only the standard library, so that it stays small: a child's peak RSS is
 read through wait4(), and Linux counts in it what the child had before exec, i.e. this process.
@@ -44,6 +46,7 @@ class Case:
     max_rss_mib: float | None = None
     reads_bytes: int | None = None  # the floor reads this many bytes of `reads` (None: all)
     has_floor: bool = True  # False: the case reads no tensor data, its target is a time
+    cold: bool = False  # the input is dropped from the page cache before each run and floor
 
 
 def run_measured(command: list[str]) -> tuple[float, float]:
@@ -138,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small inputs, one run: a smoke test")
     parser.add_argument("--runs", type=int, default=None, help="runs per case (default 3)")
+    parser.add_argument("--only", default="", help="the cases whose name contains this text")
     options = parser.parse_args()
     runs = options.runs or (1 if options.quick else 3)
     mtk = shutil.which("mtk", path=str(Path(sys.executable).parent)) or "mtk"
@@ -172,6 +176,16 @@ def main() -> None:
             max_ratio=1.5,
             max_rss_mib=512,
             reads_bytes=metric_bytes(st),
+        ),
+        Case(
+            "inspect with metric, cold cache",
+            ["inspect", str(st)],
+            st,
+            None,
+            max_ratio=1.5,
+            max_rss_mib=512,
+            reads_bytes=metric_bytes(st),
+            cold=True,
         ),
         writes(
             "prune .ckpt -> fp16 .safetensors",
@@ -224,6 +238,8 @@ def main() -> None:
     print("-" * len(header))
     failures = 0
     for case in cases:
+        if options.only not in case.name:
+            continue
         command = [mtk, *(a.replace("{out}", str(out)) for a in case.args)]
         evict([path for path in CACHE.glob("*") if path != case.reads])
         subprocess.run(["cat", str(case.reads)], stdout=subprocess.DEVNULL, check=True)  # warm
@@ -234,6 +250,8 @@ def main() -> None:
         for _ in range(runs):
             if case.output is not None:
                 case.output.unlink(missing_ok=True)  # each run starts with the same free memory
+            if case.cold:
+                evict([case.reads])
             elapsed, peak = run_measured(command)
             times.append(elapsed)
             peaks.append(peak)
@@ -241,6 +259,8 @@ def main() -> None:
             if case.output is not None:
                 case.output.unlink()
             if case.has_floor:
+                if case.cold:
+                    evict([case.reads])
                 copy = scratch / "floor-copy.bin"
                 floors.append(floor_seconds(case.reads, output_size, copy, case.reads_bytes))
         median = statistics.median(times)
