@@ -160,6 +160,21 @@ def main() -> None:
         args = [a.replace("{out}", f"{{out}}{suffix}") for a in args]
         return Case(name, args, reads, out.with_suffix(suffix), max_ratio=1.3, max_rss_mib=512)
 
+    metric_reads = metric_bytes(st)
+
+    def metric(name: str, cold: bool) -> Case:
+        """`mtk inspect` with the metric: within 1.5x of reading the bytes the metric reads."""
+        return Case(
+            name,
+            ["inspect", str(st)],
+            st,
+            None,
+            max_ratio=1.5,
+            max_rss_mib=512,
+            reads_bytes=metric_reads,
+            cold=cold,
+        )
+
     fp16 = ["--precision", "fp16"]
     cases = [
         identify(
@@ -168,25 +183,8 @@ def main() -> None:
         identify(
             "identify .safetensors (inspect --no-metric)", ["inspect", str(st), "--no-metric"], st
         ),
-        Case(
-            "inspect with metric .safetensors",
-            ["inspect", str(st)],
-            st,
-            None,
-            max_ratio=1.5,
-            max_rss_mib=512,
-            reads_bytes=metric_bytes(st),
-        ),
-        Case(
-            "inspect with metric, cold cache",
-            ["inspect", str(st)],
-            st,
-            None,
-            max_ratio=1.5,
-            max_rss_mib=512,
-            reads_bytes=metric_bytes(st),
-            cold=True,
-        ),
+        metric("inspect with metric .safetensors", cold=False),
+        metric("inspect with metric, cold cache", cold=True),
         writes(
             "prune .ckpt -> fp16 .safetensors",
             ["prune", str(ckpt), "-o", "{out}"],
