@@ -223,3 +223,27 @@ def test_compiled_sums_equal_numpy_sums(dtype, portable, monkeypatch, request):
     assert len(set(sums.values())) > 1  # the two tables differ, so the cut matters
     values[5] = np.nan
     assert np.isnan(_chunk_sum(values, 16))
+
+
+def test_metric_memory_stays_small_though_it_maps_the_file(tmp_path):
+    """The metric sums the weights in the file's mapping; each chunk's pages leave the resident
+    set after it, so summing a 335 MB VAE does not count 335 MB of mapped pages."""
+    import subprocess
+    import sys
+
+    entries = keylists.load("VAE-v1-SD")
+    path = write_sparse_safetensors(tmp_path / "vae.safetensors", entries, dtype="F32")
+    script = (
+        "import model_toolkit as m, sys\n"
+        "from model_toolkit.fingerprints import compute_metric\n"
+        "with m.open(sys.argv[1]) as f:\n"
+        "    print(compute_metric(m.analyze(f)).string)\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    metric, peak_kib = result.stdout.split()
+    assert metric.startswith("----/") and metric.endswith("/----")
+    assert int(peak_kib) < 150 * 1024, f"peak RSS {int(peak_kib) / 1024:.0f} MiB"
