@@ -134,24 +134,38 @@ def with_prefix(entries, prefix):
     return [(prefix + name, shape) for name, shape in entries]
 
 
-def peak_rss_kib(plan_expression: str, source, output) -> int:
-    """Run `write_plan(<plan_expression>)` in a fresh Python and return its peak RSS in KiB.
+# The last line of a script run by run_python: the process's peak RSS in KiB. VmHWM, not
+# ru_maxrss: Linux carries ru_maxrss across exec, so a child forked from this (torch-sized)
+# pytest process would report pytest's peak.
+PRINT_PEAK_RSS_KIB = (
+    "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+)
 
-    `plan_expression` sees the opened source as `f` and the package as `m`. The peak is VmHWM,
-    not ru_maxrss: Linux carries ru_maxrss across exec, so a child forked from this (torch-sized)
-    pytest process would report pytest's peak.
-    """
+
+def run_python(script: str, *args, env=None, timeout: float = 300) -> str:
+    """Run `script` in a fresh Python with `args` as sys.argv[1:]; it must succeed. Its stdout."""
     import subprocess
     import sys
 
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def peak_rss_kib(plan_expression: str, source, output) -> int:
+    """Run `write_plan(<plan_expression>)` in a fresh Python and return its peak RSS in KiB.
+
+    `plan_expression` sees the opened source as `f` and the package as `m`.
+    """
     script = (
         "import model_toolkit as m, sys\n"
         "with m.open(sys.argv[1]) as f:\n"
-        f"    m.write_plan({plan_expression}, sys.argv[2])\n"
-        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+        f"    m.write_plan({plan_expression}, sys.argv[2])\n" + PRINT_PEAK_RSS_KIB
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(source), str(output)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout)
+    return int(run_python(script, source, output))

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import model_toolkit as mtk
+from conftest import run_python
 
 IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 
@@ -120,8 +121,4 @@ def test_identifying_imports_neither_numpy_nor_the_writers(tmp_path):
         "heavy = {'numpy', 'ml_dtypes', 'pydantic', 'model_toolkit.plan', 'model_toolkit.write'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(source)], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert run_python(script, source, timeout=120).strip().splitlines()[-1] == "[]"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from conftest import run_python
 
 ROOT = Path(__file__).parent.parent
 STANDIN = Path(__file__).parent / "webui_standin"
@@ -49,15 +49,7 @@ def test_the_extension_registers_its_tab_settings_and_autoprune(tmp_path):
     save_file({"emb_params": torch.ones(2, 768)}, models / "Autoprune" / "ti.safetensors")
     custom_vae = tmp_path / "my-vaes"
     env = {**os.environ, "STANDIN_MODELS": str(models), "STANDIN_VAE_DIR": str(custom_vae)}
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_USE, str(STANDIN), str(ROOT)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.splitlines()[-1])
+    report = json.loads(run_python(LOAD_AND_USE, STANDIN, ROOT, env=env).splitlines()[-1])
     assert report["counts"] == {"ui_tabs": 1, "ui_settings": 1, "app_started": 1}
     assert report["tab"] == ["Blocks", "Model Toolkit", "model_toolkit"]
     section = ["model-toolkit", "Model Toolkit"]
@@ -82,12 +74,5 @@ def test_install_py_installs_only_what_is_missing(tmp_path):
         "print(json.dumps(launch.pip_calls))"
     )
     env = {**os.environ, "STANDIN_INSTALLED": "safetensors,watchdog"}
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(STANDIN), str(ROOT)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == ["install ml_dtypes>=0.4", "install blake3>=0.4"]
+    pip_calls = json.loads(run_python(script, STANDIN, ROOT, env=env, timeout=60))
+    assert pip_calls == ["install ml_dtypes>=0.4", "install blake3>=0.4"]

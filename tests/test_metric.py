@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import model_toolkit as mtk
-from conftest import key_list, write_sparse_safetensors
+from conftest import PRINT_PEAK_RSS_KIB, key_list, run_python, write_sparse_safetensors
 from model_toolkit.analysis import analyze
 from model_toolkit.architectures import keylists
 from model_toolkit.fingerprints import Metric, broken_position_ids, compute_metric, known_components
@@ -228,22 +228,14 @@ def test_compiled_sums_equal_numpy_sums(dtype, portable, monkeypatch, request):
 def test_metric_memory_stays_small_though_it_maps_the_file(tmp_path):
     """The metric sums the weights in the file's mapping; each chunk's pages leave the resident
     set after it, so summing a 335 MB VAE does not count 335 MB of mapped pages."""
-    import subprocess
-    import sys
-
     entries = keylists.load("VAE-v1-SD")
     path = write_sparse_safetensors(tmp_path / "vae.safetensors", entries, dtype="F32")
     script = (
         "import model_toolkit as m, sys\n"
         "from model_toolkit.fingerprints import compute_metric\n"
         "with m.open(sys.argv[1]) as f:\n"
-        "    print(compute_metric(m.analyze(f)).string)\n"
-        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+        "    print(compute_metric(m.analyze(f)).string)\n" + PRINT_PEAK_RSS_KIB
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    metric, peak_kib = result.stdout.split()
+    metric, peak_kib = run_python(script, path).split()
     assert metric.startswith("----/") and metric.endswith("/----")
     assert int(peak_kib) < 150 * 1024, f"peak RSS {int(peak_kib) / 1024:.0f} MiB"
