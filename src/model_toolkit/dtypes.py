@@ -24,8 +24,8 @@ class DType:
 
     name: str
     itemsize: int
-    numpy_name: str  # a numpy type, or an ml_dtypes one
-    torch_name: str  # attribute of the torch module: torch.float16 -> "float16"
+    torch_name: str  # attribute of the torch module: torch.float16 -> "float16"; numpy (or
+    # ml_dtypes) spells every one of these types the same way
     storage: str | None  # legacy typed storage class (torch.HalfStorage); None: untyped only
     is_float: bool
 
@@ -36,47 +36,41 @@ class DType:
     def numpy(self) -> np.dtype:
         import numpy as np
 
-        if self.numpy_name.startswith(("bfloat", "float8")):
+        if self.torch_name.startswith(("bfloat", "float8")):
             import ml_dtypes
 
-            return np.dtype(getattr(ml_dtypes, self.numpy_name))
-        return np.dtype(self.numpy_name)
-
-
-def _row(
-    name: str, itemsize: int, numpy_name: str, torch_name: str, storage: str | None, is_float: bool
-) -> DType:
-    return DType(name, itemsize, numpy_name, torch_name, storage, is_float)
+            return np.dtype(getattr(ml_dtypes, self.torch_name))
+        return np.dtype(self.torch_name)
 
 
 DTYPES: dict[str, DType] = {
     row.name: row
     for row in (
-        _row("F64", 8, "float64", "float64", "DoubleStorage", True),
-        _row("F32", 4, "float32", "float32", "FloatStorage", True),
-        _row("F16", 2, "float16", "float16", "HalfStorage", True),
-        _row("BF16", 2, "bfloat16", "bfloat16", "BFloat16Storage", True),
-        _row("F8_E4M3", 1, "float8_e4m3fn", "float8_e4m3fn", None, True),
-        _row("F8_E5M2", 1, "float8_e5m2", "float8_e5m2", None, True),
-        _row("F8_E4M3FNUZ", 1, "float8_e4m3fnuz", "float8_e4m3fnuz", None, True),
-        _row("F8_E5M2FNUZ", 1, "float8_e5m2fnuz", "float8_e5m2fnuz", None, True),
-        _row("C64", 8, "complex64", "complex64", "ComplexFloatStorage", False),
-        _row("I64", 8, "int64", "int64", "LongStorage", False),
-        _row("I32", 4, "int32", "int32", "IntStorage", False),
-        _row("I16", 2, "int16", "int16", "ShortStorage", False),
-        _row("I8", 1, "int8", "int8", "CharStorage", False),
-        _row("U64", 8, "uint64", "uint64", None, False),
-        _row("U32", 4, "uint32", "uint32", None, False),
-        _row("U16", 2, "uint16", "uint16", None, False),
-        _row("U8", 1, "uint8", "uint8", "ByteStorage", False),
-        _row("BOOL", 1, "bool", "bool", "BoolStorage", False),
+        DType("F64", 8, "float64", "DoubleStorage", True),
+        DType("F32", 4, "float32", "FloatStorage", True),
+        DType("F16", 2, "float16", "HalfStorage", True),
+        DType("BF16", 2, "bfloat16", "BFloat16Storage", True),
+        DType("F8_E4M3", 1, "float8_e4m3fn", None, True),
+        DType("F8_E5M2", 1, "float8_e5m2", None, True),
+        DType("F8_E4M3FNUZ", 1, "float8_e4m3fnuz", None, True),
+        DType("F8_E5M2FNUZ", 1, "float8_e5m2fnuz", None, True),
+        DType("C64", 8, "complex64", "ComplexFloatStorage", False),
+        DType("I64", 8, "int64", "LongStorage", False),
+        DType("I32", 4, "int32", "IntStorage", False),
+        DType("I16", 2, "int16", "ShortStorage", False),
+        DType("I8", 1, "int8", "CharStorage", False),
+        DType("U64", 8, "uint64", None, False),
+        DType("U32", 4, "uint32", None, False),
+        DType("U16", 2, "uint16", None, False),
+        DType("U8", 1, "uint8", "ByteStorage", False),
+        DType("BOOL", 1, "bool", "BoolStorage", False),
     )
 }
 
 BY_TORCH_NAME: dict[str, DType] = {d.torch_name: d for d in DTYPES.values()}
 BY_STORAGE: dict[str, DType] = {d.storage: d for d in DTYPES.values() if d.storage}
 # torch's complex128 has a storage class but safetensors has no name for it: readable, not writable.
-BY_STORAGE["ComplexDoubleStorage"] = _row("C128", 16, "complex128", "complex128", None, False)
+BY_STORAGE["ComplexDoubleStorage"] = DType("C128", 16, "complex128", None, False)
 BY_TORCH_NAME["complex128"] = BY_STORAGE["ComplexDoubleStorage"]
 # Older spellings torch accepts for the same dtypes.
 for alias, canonical in {
