@@ -239,3 +239,22 @@ def test_metric_memory_stays_small_though_it_maps_the_file(tmp_path):
     metric, peak_kib = run_python(script, path).split()
     assert metric.startswith("----/") and metric.endswith("/----")
     assert int(peak_kib) < 150 * 1024, f"peak RSS {int(peak_kib) / 1024:.0f} MiB"
+
+
+def test_metric_of_a_plan_equals_that_of_its_file(tmp_path):
+    """A plan's tensors (PlanEntry, copied values) are summed like a file's (mapped in place)."""
+    from model_toolkit.operations import convert
+
+    rng = np.random.default_rng(9)
+    vae_entries = keylists.load("VAE-v1-SD")
+    chosen = {n for n, _ in vae_entries if "up.3" in n or "mid" in n}
+    path = write_sparse_safetensors(
+        tmp_path / "vae.safetensors",
+        vae_entries,
+        dtype="F32",
+        fill=filled(vae_entries, chosen, rng, np.float32, 0.3),
+    )
+    with mtk.open(path) as model:
+        from_file = compute_metric(analyze(model))
+        from_plan = compute_metric(analyze(convert(model, None)))
+    assert from_file.vae is not None and from_plan == from_file

@@ -65,22 +65,14 @@ def _chunk_sum(chunk: np.ndarray, cut: int) -> float:
 
 
 def _chunk_jobs(ref: TensorRef | PlanEntry) -> Iterator[tuple[int, Callable[[], float]]]:
-    """Per chunk of a tensor, its length and the work that reads it and sums it."""
+    """Per chunk of a tensor, its length and the work that reads it and sums it (a file's
+    tensor is summed where its bytes lie, without a copy)."""
     tail_start = ref.numel - ref.numel % VECTOR_BLOCK  # torch's last n % 16 go one by one
     position = 0
-    if isinstance(ref, TensorRef):  # summed where the file's bytes lie, without a copy
-        for count, work_on in ref.chunk_work():
-            cut = max(0, min(count, tail_start - position))
-            yield count, partial(work_on, partial(_chunk_sum, cut=cut))
-            position += count
-        return
-    for count, read in ref.chunk_reads():
-        yield count, partial(_read_and_sum, read, max(0, min(count, tail_start - position)))
+    for count, work_on in ref.chunk_work():
+        cut = max(0, min(count, tail_start - position))
+        yield count, partial(work_on, partial(_chunk_sum, cut=cut))
         position += count
-
-
-def _read_and_sum(read: Callable[[], np.ndarray], cut: int) -> float:
-    return _chunk_sum(read(), cut)
 
 
 BATCH_ELEMENTS = 1 << 20  # small tensors (biases, norms) are summed many to a job

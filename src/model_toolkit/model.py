@@ -272,7 +272,7 @@ class TensorRef:
         data = self.storage.data
         if data is None or self.byte_range is None or self.big_endian:
             for count, read in self.chunk_reads(max_bytes):
-                yield count, partial(_work_on, read)
+                yield count, partial(work_on_read, read)
             return
         data.mmap  # noqa: B018 - mapped here, once, rather than raced for by worker threads
         itemsize = self.dtype.itemsize
@@ -334,7 +334,8 @@ class TensorRef:
             self.storage.data.release(start, start + self.storage.nbytes)
 
 
-def _work_on(read: Callable[[], np.ndarray], work: Callable[[np.ndarray], T]) -> T:
+def work_on_read(read: Callable[[], np.ndarray], work: Callable[[np.ndarray], T]) -> T:
+    """Run `work` on the values `read` returns: chunk_work's form for chunks that are copied."""
     return work(read())
 
 

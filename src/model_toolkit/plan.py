@@ -19,7 +19,7 @@ import numpy as np
 
 from .casting import cast
 from .dtypes import DType
-from .model import DEFAULT_CHUNK_BYTES, TensorRef
+from .model import DEFAULT_CHUNK_BYTES, TensorRef, work_on_read
 
 T = TypeVar("T")
 
@@ -94,6 +94,14 @@ class PlanEntry:
         ):
             yield count, partial(self._read_and_convert, read, start)
             start += count
+
+    def chunk_work(
+        self, max_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> Iterator[tuple[int, Callable[[Callable[[np.ndarray], T]], T]]]:
+        """Per chunk, its length and a function that runs some work on its output values, as
+        TensorRef.chunk_work does (a plan's values are computed, so they are always copies)."""
+        for count, read in self.chunk_reads(max_bytes):
+            yield count, partial(work_on_read, read)
 
     def _read_and_convert(self, read: Callable[[], np.ndarray], start: int) -> np.ndarray:
         return self._convert(read(), start)
