@@ -96,6 +96,19 @@ def filled(entries, names, rng, dtype=np.float16, scale=0.05):
     }
 
 
+def vae_file(tmp_path, rng, parts):
+    """A standalone SD-v1 VAE in fp32: random weights in the blocks whose names have one of
+    `parts`, zeros (holes) elsewhere."""
+    entries = keylists.load("VAE-v1-SD")
+    chosen = {n for n, _ in entries if any(part in n for part in parts)}
+    return write_sparse_safetensors(
+        tmp_path / "vae.safetensors",
+        entries,
+        dtype="F32",
+        fill=filled(entries, chosen, rng, np.float32, 0.3),
+    )
+
+
 def test_metric_of_sd1_checkpoint_equals_the_original(tmp_path):
     rng = np.random.default_rng(3)
     entries = key_list("Checkpoint-SD1-LDM")
@@ -130,13 +143,7 @@ def test_metric_of_sd1_checkpoint_equals_the_original(tmp_path):
 def test_metric_of_standalone_vae_and_clip_v2(tmp_path):
     rng = np.random.default_rng(5)
     vae_entries = keylists.load("VAE-v1-SD")
-    chosen = {n for n, _ in vae_entries if "up.3" in n or "down.0" in n}
-    path = write_sparse_safetensors(
-        tmp_path / "vae.safetensors",
-        vae_entries,
-        dtype="F32",
-        fill=filled(vae_entries, chosen, rng, np.float32, 0.3),
-    )
+    path = vae_file(tmp_path, rng, ("up.3", "down.0"))
     with mtk.open(path) as model:
         metric = compute_metric(analyze(model))
     expected = original_metric(path, set(), {n for n, _ in vae_entries}, set())
@@ -245,15 +252,7 @@ def test_metric_of_a_plan_equals_that_of_its_file(tmp_path):
     """A plan's tensors (PlanEntry, copied values) are summed like a file's (mapped in place)."""
     from model_toolkit.operations import convert
 
-    rng = np.random.default_rng(9)
-    vae_entries = keylists.load("VAE-v1-SD")
-    chosen = {n for n, _ in vae_entries if "up.3" in n or "mid" in n}
-    path = write_sparse_safetensors(
-        tmp_path / "vae.safetensors",
-        vae_entries,
-        dtype="F32",
-        fill=filled(vae_entries, chosen, rng, np.float32, 0.3),
-    )
+    path = vae_file(tmp_path, np.random.default_rng(9), ("up.3", "mid"))
     with mtk.open(path) as model:
         from_file = compute_metric(analyze(model))
         from_plan = compute_metric(analyze(convert(model, None)))
