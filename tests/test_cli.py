@@ -122,3 +122,22 @@ def test_identifying_imports_neither_numpy_nor_the_writers(tmp_path):
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     assert run_python(script, source, timeout=120).strip().splitlines()[-1] == "[]"
+
+
+def test_mtk_keeps_openblas_to_one_thread_unless_the_user_sets_it():
+    """OpenBLAS's idle threads spin on the cores the metric sums on; mtk does no matrix work."""
+    import os
+
+    script = (
+        "import os, sys\n"
+        "from model_toolkit import cli\n"
+        "sys.argv = ['mtk', '--help']\n"
+        "try:\n"
+        "    cli.main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    assert run_python(script, env=env).splitlines()[-1] == "1"
+    assert run_python(script, env={**env, "OPENBLAS_NUM_THREADS": "3"}).splitlines()[-1] == "3"

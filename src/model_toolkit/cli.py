@@ -804,6 +804,10 @@ def main() -> None:
     typer reports bad arguments itself (status 2); everything raised by the library for bad
     input is a ModelToolkitError and ends here, never as a traceback.
     """
+    # numpy's OpenBLAS starts a thread per core at import, and they spin before they sleep:
+    # on 2 cores that takes one from the metric's workers (~10% of its pass). mtk does no
+    # matrix work (diff's dot products are of vectors, bound by memory); a user's setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         app()
     except ModelToolkitError as exc:
