@@ -2,6 +2,7 @@
 
     python bench/inputs.py --full|--quick KEY=PATH ...   (KEY: sd1_ckpt, sd1_st, sdxl_st)
     python bench/inputs.py --metric-bytes PATH           (what the metric reads of a file)
+    python bench/inputs.py --metric-pass PATH            (seconds of the metric's pass alone)
 
 Real key names and shapes (the lists kept in tests/data/keys and the package's component data),
 random values: every tensor's bytes are a window of a 256 MiB file of normally distributed
@@ -105,10 +106,29 @@ def metric_bytes(path: str) -> int:
         return sum(ref.nbytes for _, ref in metric_tensors(analyze(model)))
 
 
+def metric_pass_seconds(path: str) -> float:
+    """The metric's own time in a process that has started, imported numpy and identified the
+    file already: its tables and its pass over the weights (on all cores), nothing else."""
+    import time
+
+    from model_toolkit.analysis import analyze
+    from model_toolkit.fingerprints import compute_metric
+    from model_toolkit.formats import open_model
+
+    with open_model(path) as model:
+        analysis = analyze(model)
+        start = time.perf_counter()
+        compute_metric(analysis)
+        return time.perf_counter() - start
+
+
 def main() -> None:
     mode, *targets = sys.argv[1:]
     if mode == "--metric-bytes":
         print(metric_bytes(targets[0]))
+        return
+    if mode == "--metric-pass":
+        print(metric_pass_seconds(targets[0]))
         return
     scale = 16 if mode == "--quick" else 1
     CACHE.mkdir(parents=True, exist_ok=True)
