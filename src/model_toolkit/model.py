@@ -188,7 +188,6 @@ class TensorRef:
         return start, start + self.nbytes
 
     def _numpy_dtype(self) -> np.dtype:
-
         return self.dtype.numpy.newbyteorder(">") if self.big_endian else self.dtype.numpy
 
     def _native(self, array: np.ndarray) -> np.ndarray:
@@ -255,11 +254,8 @@ class TensorRef:
                     yield len(block), partial(_given, block)
                     pending = pending[usable:]
             return
-        position = self.storage.offset + start
-        for first in range(0, self.numel, per_chunk):
-            count = min(per_chunk, self.numel - first)
+        for position, count in self._file_spans(self.storage.offset + start, per_chunk):
             yield count, partial(self._read_at, position, count)
-            position += count * itemsize
 
     def chunk_work(
         self, max_bytes: int = DEFAULT_CHUNK_BYTES
@@ -275,13 +271,16 @@ class TensorRef:
                 yield count, partial(work_on_read, read)
             return
         data.mmap  # noqa: B018 - mapped here, once, rather than raced for by worker threads
-        itemsize = self.dtype.itemsize
-        per_chunk = max(1, max_bytes // itemsize)
-        position = self.byte_range[0]
+        per_chunk = max(1, max_bytes // self.dtype.itemsize)
+        for position, count in self._file_spans(self.byte_range[0], per_chunk):
+            yield count, partial(self._work_on_mapped, position, count)
+
+    def _file_spans(self, position: int, per_chunk: int) -> Iterator[tuple[int, int]]:
+        """Where each chunk of a contiguous tensor starts in the file, and its length."""
         for first in range(0, self.numel, per_chunk):
             count = min(per_chunk, self.numel - first)
-            yield count, partial(self._work_on_mapped, position, count)
-            position += count * itemsize
+            yield position, count
+            position += count * self.dtype.itemsize
 
     def _work_on_mapped(self, position: int, count: int, work: Callable[[np.ndarray], T]) -> T:
         import numpy as np
