@@ -21,12 +21,10 @@ def parse(text: str) -> KeyList:
             continue
         name, _, shape = line.rpartition(" ")
         dims = shapes.get(shape)
-        if dims is None:
-            if not (shape.startswith("[") and shape.endswith("]")):
-                raise ValueError(f"line {number}: expected 'name [d0,d1,...]', got {line!r}")
+        if dims is None and shape.startswith("[") and shape.endswith("]"):
             inner = shape[1:-1]
             dims = shapes[shape] = tuple(int(d) for d in inner.split(",")) if inner else ()
-        if not name:
+        if not name or dims is None:
             raise ValueError(f"line {number}: expected 'name [d0,d1,...]', got {line!r}")
         entries.append((name, dims))
     return entries
