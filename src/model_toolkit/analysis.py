@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.registry import Key, load_registry
 from .dtypes import DTYPES, DType, target_dtype
+from .model import ModelFile, TensorRef
 
 if TYPE_CHECKING:
     from .plan import Plan, PlanEntry
-from .model import ModelFile, TensorRef
 
 EMA_PREFIX = "model_ema."
 # Old NAI-style checkpoints lack `text_model.` in their CLIP keys; they are renamed on the way.

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..dtypes import BY_STORAGE, BY_TORCH_NAME, DType
+from ..errors import FormatError, UnsafeFileError
 
 if TYPE_CHECKING:
     import numpy as np
-from ..errors import FormatError, UnsafeFileError
 
 # ---------------------------------------------------------------------------------------------
 # What a pickle can produce
