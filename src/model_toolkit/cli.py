@@ -18,6 +18,7 @@ from .dtypes import PRECISIONS, precision_dtype
 from .errors import ModelToolkitError
 from .formats import open_model
 from .names import component_suffix, free_name, stem_of
+from .text import printable, terminal_safe
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -38,9 +39,21 @@ app = typer.Typer(
 PROGRESS_MIN_BYTES = 256 * 1024 * 1024  # smaller writes finish before a bar would help
 
 
+def echo(text: str, err: bool = False, nl: bool = True) -> None:
+    """Print to the terminal with every control character a file could carry escaped: tensor
+    names, storage keys and metadata are the file author's text (escape sequences can clear
+    the screen or set the clipboard). Our own newlines and tabs are kept."""
+    typer.echo(terminal_safe(text), err=err, nl=nl)
+
+
+def error_line(text: str) -> None:
+    """An error is one line, whatever newlines the file put into the names it quotes."""
+    typer.echo(f"error: {printable(text)}", err=True)
+
+
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"mtk {__version__}")
+        echo(f"mtk {__version__}")
         raise typer.Exit()
 
 
@@ -99,8 +112,9 @@ def keys(
     with open_model(file) as model:
         rows = [(name, ref.dtype.name, list(ref.shape)) for name, ref in model.tensors.items()]
         if as_json:
-            typer.echo(json.dumps([{"name": n, "dtype": d, "shape": s} for n, d, s in rows]))
+            echo(json.dumps([{"name": n, "dtype": d, "shape": s} for n, d, s in rows]))
             return
+        rows = [(printable(name), dtype, shape) for name, dtype, shape in rows]
         width = max((len(name) for name, _, _ in rows), default=0)
         lines = [
             f"{name:<{width}}  {dtype:<11} [{','.join(map(str, shape))}]"
@@ -111,8 +125,8 @@ def keys(
             lines.append("metadata:")
             for key, value in model.metadata.items():
                 text = value if isinstance(value, str) else json.dumps(value, default=str)
-                lines.append(f"  {key}: {text}")
-        typer.echo("\n".join(lines))
+                lines.append(f"  {printable(key)}: {printable(text)}")
+        echo("\n".join(lines))
 
 
 @app.command()
@@ -173,11 +187,11 @@ def inspect(
             findings.lora_alphas = lora_alphas(analysis)
             findings.fingerprints = class_fingerprints(analysis)
         if as_json:
-            typer.echo(json.dumps(json_report(analysis, findings), indent=2))
+            echo(json.dumps(json_report(analysis, findings), indent=2))
         elif advanced:
-            typer.echo(advanced_report(analysis, findings), nl=False)
+            echo(advanced_report(analysis, findings), nl=False)
         else:
-            typer.echo(basic_report(analysis, findings, fix_clip), nl=False)
+            echo(basic_report(analysis, findings, fix_clip), nl=False)
 
 
 def _inspect_folder(folder: Path, as_json: bool) -> None:
@@ -204,16 +218,14 @@ def _inspect_folder(folder: Path, as_json: bool) -> None:
                 }
             )
     if as_json:
-        typer.echo(
-            json.dumps({"path": str(folder), "format": "diffusers", "parts": rows}, indent=2)
-        )
+        echo(json.dumps({"path": str(folder), "format": "diffusers", "parts": rows}, indent=2))
         return
-    typer.echo(f"{folder} (diffusers folder)")
+    echo(f"{folder} (diffusers folder)")
     for row in rows:
         what = row["architecture"] or "not identified"
         parts = ", ".join(row["components"].values())
         detail = f" ({parts})" if parts else ""
-        typer.echo(
+        echo(
             f"  {row['folder']}/: {what}{detail}, {_human(row['bytes'])} {'/'.join(row['dtypes'])}"
         )
 
@@ -234,7 +246,7 @@ def _write(
     if not overwrite and any(output.resolve() == p.resolve() for p in inputs):
         raise ModelToolkitError(f"{output} is an input; use --overwrite to replace it")
     for warning in plan.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {printable(warning)}", err=True)
     if not plan.entries:
         raise ModelToolkitError("nothing to write: the result has no tensors")
     finalize = None
@@ -244,7 +256,7 @@ def _write(
         write_plan(plan, output, overwrite=overwrite, progress=progress, finalize=finalize)
     size = output.stat().st_size
     if as_json:
-        typer.echo(
+        echo(
             json.dumps(
                 {
                     "output": str(output),
@@ -259,7 +271,7 @@ def _write(
     else:
         saved = input_bytes - size
         detail = f", saved {_human(saved)}" if report_saving and saved > 0 else ""
-        typer.echo(f"wrote {output} ({_human(size)}{detail})")
+        echo(f"wrote {output} ({_human(size)}{detail})")
 
 
 def _with_modelspec(plan: "Plan", output: Path) -> "tuple[Plan, Callable[[Path], None]]":
@@ -480,14 +492,14 @@ def hash_files(
         rows = [
             {"file": str(r.path), "size": r.size, **r.values, "notes": r.notes} for r in results
         ]
-        typer.echo(json.dumps(rows, indent=2))
+        echo(json.dumps(rows, indent=2))
         return
     for result in results:
-        typer.echo(result.path)
+        echo(result.path)
         for name, value in result.values.items():
-            typer.echo(f"  {name:<7} {value if value is not None else '-'}")
+            echo(f"  {name:<7} {value if value is not None else '-'}")
         for note in result.notes:
-            typer.echo(f"  ({note})")
+            echo(f"  ({note})")
 
 
 @app.command()
@@ -528,9 +540,9 @@ def metadata(
             if output is not None:
                 raise ModelToolkitError("nothing to change: give --set, --remove or --from-json")
             if as_json:
-                typer.echo(json.dumps(model.metadata, indent=2, default=str))
+                echo(json.dumps(model.metadata, indent=2, default=str))
             else:
-                typer.echo(describe(model.metadata), nl=False)
+                echo(describe(model.metadata), nl=False)
             return
         if model.format != "safetensors":
             raise ModelToolkitError(
@@ -543,10 +555,8 @@ def metadata(
             raise ModelToolkitError("the output must be a .safetensors file")
         with _progress(plan.nbytes, f"writing {target.name}") as progress:
             write_plan(plan, target, overwrite=output is None, progress=progress)
-    typer.echo(f"wrote {target}")
-    typer.echo(
-        "note: the file's SHA-256, AutoV2, BLAKE3 and CRC32 changed; AutoV3 did not", err=True
-    )
+    echo(f"wrote {target}")
+    echo("note: the file's SHA-256, AutoV2, BLAKE3 and CRC32 changed; AutoV3 did not", err=True)
 
 
 @app.command()
@@ -561,10 +571,10 @@ def diff(
     with open_model(a) as model_a, open_model(b) as model_b:
         result = diff_models(model_a, model_b)
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        echo(json.dumps(result.as_dict(), indent=2))
         return
-    typer.echo(f"A: {a} ({result.architecture_a or 'unknown'})")
-    typer.echo(f"B: {b} ({result.architecture_b or 'unknown'})")
+    echo(f"A: {a} ({result.architecture_a or 'unknown'})")
+    echo(f"B: {b} ({result.architecture_b or 'unknown'})")
     width = max((len(c.cls) for c in result.classes), default=0)
     for item in result.classes:
         text = item.status
@@ -579,11 +589,11 @@ def diff(
             text += f"; shapes differ: {', '.join(item.mismatched_shapes[:3])}"
         if item.component_a and item.component_b and item.component_a != item.component_b:
             text += f" [{item.component_a} vs {item.component_b}]"
-        typer.echo(f"{item.cls:<{width}}  {text}")
+        echo(f"{item.cls:<{width}}  {text}")
     for side, keys in (("A", result.only_in_a), ("B", result.only_in_b)):
         if keys:
             shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
-            typer.echo(f"only in {side}: {len(keys)} keys ({shown})")
+            echo(f"only in {side}: {len(keys)} keys ({shown})")
 
 
 @app.command()
@@ -616,10 +626,10 @@ def scan(
     finally:
         library.close()
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+        echo(json.dumps(result.as_dict(), indent=2))
         return
     counts = summary_counts(result)
-    typer.echo(
+    echo(
         f"{len(result.files)} files ({result.from_index} from the index, "
         f"{result.scanned} scanned): "
         + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
@@ -631,16 +641,16 @@ def scan(
         extra = f", prunable {_human(prunable)}" if prunable > 0 else ""
         if record.get("error"):
             extra += f": {record['error']}"
-        typer.echo(f"  {path}: {arch}, {precision}, {_human(record['size'])}{extra}")
+        echo(f"  {path}: {arch}, {precision}, {_human(record['size'])}{extra}")
     for group in result.duplicates:
-        typer.echo(f"identical files ({_human(group['size'])} each): " + ", ".join(group["files"]))
+        echo(f"identical files ({_human(group['size'])} each): " + ", ".join(group["files"]))
     for group in result.shared_components:
         name = f"the {group['known']}" if group["known"] else group["class"]
-        typer.echo(
+        echo(
             f"{name} ({group['component']} {group['fingerprint'][:8]}) is in "
             f"{len(group['files'])} files: " + ", ".join(group["files"])
         )
-    typer.echo(f"reclaimable: {_human(result.reclaimable_bytes)}")
+    echo(f"reclaimable: {_human(result.reclaimable_bytes)}")
 
 
 @app.command()
@@ -689,16 +699,16 @@ def autoprune(
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        typer.echo("stopping after the current file (Ctrl-C again to abort it)", err=True)
+        echo("stopping after the current file (Ctrl-C again to abort it)", err=True)
 
     signal.signal(signal.SIGINT, interrupt)
     pruner = Autopruner(chosen, options)
     if not as_json:
-        typer.echo(f"{chosen.inbox} ({chosen.name} layout){' [dry run]' if dry_run else ''}")
+        echo(f"{chosen.inbox} ({chosen.name} layout){' [dry run]' if dry_run else ''}")
     if watch:
 
         def show(outcome: "Outcome") -> None:
-            typer.echo(json.dumps(outcome.as_dict()) if as_json else _outcome_line(outcome))
+            echo(json.dumps(outcome.as_dict()) if as_json else _outcome_line(outcome))
 
         watch_inbox(pruner, stop, show)
         return
@@ -711,14 +721,14 @@ def autoprune(
             "files": [o.as_dict() for o in outcomes],
             "saved_bytes": sum(o.saved_bytes for o in outcomes),
         }
-        typer.echo(json.dumps(summary, indent=2))
+        echo(json.dumps(summary, indent=2))
     else:
         for outcome in outcomes:
-            typer.echo(_outcome_line(outcome))
+            echo(_outcome_line(outcome))
         filed = [o for o in outcomes if o.status in ("filed", "recovered")]
         failed = [o for o in outcomes if o.status == "failed"]
         saved = sum(o.saved_bytes for o in outcomes)
-        typer.echo(
+        echo(
             f"{len(filed)} filed, {len(failed)} failed, "
             f"{len(outcomes) - len(filed) - len(failed)} left in the inbox; saved {_human(saved)}"
         )
@@ -763,7 +773,7 @@ def ui(
     )
     blocks = build_ui(folders)
     enable_queue(blocks)
-    typer.echo(f"Model Toolkit on http://{host}:{port} (models: {', '.join(map(str, roots))})")
+    echo(f"Model Toolkit on http://{host}:{port} (models: {', '.join(map(str, roots))})")
     blocks.launch(server_name=host, server_port=port, show_error=False, quiet=True)
 
 
@@ -792,7 +802,7 @@ def demo(
 
     path = write_demo(output, overwrite=overwrite)
     used = path.stat().st_blocks * 512
-    typer.echo(
+    echo(
         f"wrote {path}: a demo SD-v1 of {_human(path.stat().st_size)} "
         f"({_human(used)} on disk: its zero weights are holes)"
     )
@@ -811,17 +821,15 @@ def main() -> None:
     try:
         app()
     except ModelToolkitError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        error_line(str(exc))
         sys.exit(2)
     except OSError as exc:
-        typer.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        error_line(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         sys.exit(2)
     except Exception as exc:  # a bug, not bad input: still one line unless asked for details
         if os.environ.get("MTK_DEBUG"):
             raise
-        typer.echo(
-            f"error: internal error ({exc.__class__.__name__}: {exc}); "
-            "set MTK_DEBUG=1 to see where",
-            err=True,
+        error_line(
+            f"internal error ({exc.__class__.__name__}: {exc}); set MTK_DEBUG=1 to see where"
         )
         sys.exit(1)
