@@ -13,7 +13,9 @@ import math
 import mmap
 import os
 import stat
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .dtypes import DType
 from .errors import FormatError
+from .text import printable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,21 +116,29 @@ class Storage:
     zero: bool = False  # all zeros, held nowhere (the demo model's untrained weights)
 
     def stream(self, start: int, length: int, chunk: int) -> Iterator[bytes]:
-        """Bytes [start, start+length) of a compressed entry, decompressed as a stream."""
+        """Bytes [start, start+length) of a compressed entry, decompressed as a stream.
+
+        A bad CRC, a damaged deflate stream or a local header that disagrees with the central
+        directory surface here, mid-write: they become FormatError like any other damage."""
         assert self.member is not None and self.data is not None
-        with zipfile.ZipFile(self.data.path) as archive, archive.open(self.member) as entry:
+        name = self.data.path.name
+        try:
+            with zipfile.ZipFile(self.data.path) as archive, archive.open(self.member) as entry:
 
-            def pieces(count: int) -> Iterator[bytes]:
-                while count:
-                    got = entry.read(min(count, chunk))
-                    if not got:
-                        raise FormatError(f"{self.data.path.name}: {self.member} is truncated")
-                    count -= len(got)
-                    yield got
+                def pieces(count: int) -> Iterator[bytes]:
+                    while count:
+                        got = entry.read(min(count, chunk))
+                        if not got:
+                            raise FormatError(f"{name}: {printable(self.member)} is truncated")
+                        count -= len(got)
+                        yield got
 
-            for _ in pieces(start):  # decompress up to the start, keeping nothing
-                pass
-            yield from pieces(length)
+                for _ in pieces(start):  # decompress up to the start, keeping nothing
+                    pass
+                yield from pieces(length)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+            detail = printable(str(exc) or exc.__class__.__name__, 200)
+            raise FormatError(f"{name}: cannot read {printable(self.member)} ({detail})") from None
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,9 @@ class TensorRef:
     storage_offset: int = 0
     stride: tuple[int, ...] | None = None  # None: C-contiguous
     big_endian: bool = False
+
+    def __post_init__(self) -> None:
+        check_view(self)
 
     @classmethod
     def from_array(cls, name: str, array: np.ndarray, dtype: DType) -> TensorRef:
@@ -303,6 +317,33 @@ class TensorRef:
         self.storage.data.preadinto(memoryview(chunk.view(np.uint8)), position)
         return self._native(chunk)
 
+    def _strided_compressed_chunks(self, per_chunk: int) -> Iterator[np.ndarray]:
+        """A strided view of a compressed storage: the storage is decompressed into a temporary
+        file, and the view gathered from its mapping (pages released as we go), so that a
+        4 GiB deflated storage costs disk, not memory."""
+        import numpy as np
+
+        assert self.stride is not None
+        itemsize = self.dtype.itemsize
+        with _spill(self.storage) as spill:
+            mapping = mmap.mmap(spill.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                base = np.frombuffer(mapping, self._numpy_dtype(), self.storage.nbytes // itemsize)
+                view = np.lib.stride_tricks.as_strided(
+                    base[self.storage_offset :],
+                    shape=self.shape,
+                    strides=tuple(step * itemsize for step in self.stride),
+                    writeable=False,
+                )
+                for block in _contiguous_blocks(view, per_chunk):
+                    yield self._native(block)
+                    if hasattr(mapping, "madvise"):
+                        mapping.madvise(mmap.MADV_DONTNEED)
+                del view, base
+            finally:
+                with contextlib.suppress(BufferError):
+                    mapping.close()
+
     def _strided_chunks(self, per_chunk: int) -> Iterator[np.ndarray]:
         """Non-contiguous views (a saved `.t()` or slice): gather rows from the whole storage."""
         import numpy as np
@@ -312,8 +353,8 @@ class TensorRef:
         if self.storage.buffer is not None:
             base = np.frombuffer(self.storage.buffer, self._numpy_dtype())
         elif self.storage.member is not None:
-            raw = b"".join(self.storage.stream(0, self.storage.nbytes, 1 << 24))
-            base = np.frombuffer(raw, self._numpy_dtype())
+            yield from self._strided_compressed_chunks(per_chunk)
+            return
         else:
             assert self.storage.data is not None
             count = self.storage.nbytes // itemsize
@@ -331,6 +372,48 @@ class TensorRef:
         if self.storage.data is not None and self.storage.member is None:
             start = self.storage.offset
             self.storage.data.release(start, start + self.storage.nbytes)
+
+
+# An overlapping view (stride 0, as `expand()` saves) may hold more elements than its storage,
+# but not by more than this: a few real bytes must not become terabytes of output.
+MAX_OVERLAP_BYTES = 16 * 1024 * 1024
+
+
+def check_view(ref: TensorRef) -> None:
+    """Refuse a tensor whose elements are not all inside the real bytes of its storage.
+
+    Every format reader builds TensorRefs, so this is the one check that a view cannot reach
+    other memory (torch's storage-size CVEs), whatever the pickle claimed the storage holds."""
+    if not all(ref.shape):
+        return
+    itemsize = ref.dtype.itemsize
+    available = ref.storage.nbytes // itemsize
+    if ref.stride is None:
+        last = ref.storage_offset + ref.numel - 1
+    else:
+        last = ref.storage_offset + sum(
+            (size - 1) * step for size, step in zip(ref.shape, ref.stride, strict=True)
+        )
+    name = ref.storage.data.path.name if ref.storage.data is not None else "model"
+    if last >= available:
+        raise FormatError(
+            f"{name}: tensor {printable(ref.name, 200)} of shape {list(ref.shape)} reaches "
+            f"element {last} of a storage of {available}"
+        )
+    if ref.numel > available and ref.nbytes > MAX_OVERLAP_BYTES:
+        raise FormatError(
+            f"{name}: tensor {printable(ref.name, 200)} of shape {list(ref.shape)} repeats "
+            f"a storage of {available} elements {ref.numel // max(available, 1)}x over"
+        )
+
+
+def _spill(storage: Storage) -> tempfile._TemporaryFileWrapper[bytes]:
+    """A compressed storage decompressed into an unlinked temporary file, chunk by chunk."""
+    spill = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
+    for piece in storage.stream(0, storage.nbytes, 1 << 24):
+        spill.write(piece)
+    spill.flush()
+    return spill
 
 
 def work_on_read(read: Callable[[], np.ndarray], work: Callable[[np.ndarray], T]) -> T:

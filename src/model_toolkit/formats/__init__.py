@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import FormatError
 from ..model import FileData, ModelFile
-from . import safetensors, torch_legacy, torch_zip
+from . import safetensors, sniff, torch_legacy, torch_zip
 
 # Extensions that name a torch checkpoint when writing; reading looks at the bytes, not the name.
 TORCH_EXTENSIONS = {".ckpt", ".pt", ".pth", ".bin"}
@@ -28,13 +28,28 @@ def open_model(path: str | os.PathLike[str]) -> ModelFile:
         if data.size == 0:
             raise FormatError(f"{path.name} is empty")
         prefix = data.pread(min(data.size, 512), 0)
-        if safetensors.looks_like(prefix):
+        kinds = sniff.formats_of(prefix, data.size)
+        if len(kinds) > 1:
+            sniff.refuse_polyglot(kinds, data, path.name)
+        kind = kinds[0] if kinds else None
+        if kind == sniff.SAFETENSORS:
             return safetensors.read(path, data)
-        if torch_zip.looks_like(prefix):
+        if kind == sniff.ZIP:
+            sniff.scan_pickles(kind, data, path.name)
             return torch_zip.read(path, data)
-        if torch_legacy.looks_like(prefix):
+        if kind == sniff.PICKLE and torch_legacy.looks_like(prefix):
             return torch_legacy.read(path, data)
-        if torch_legacy.looks_like_tar(prefix):
+        if kind == sniff.PICKLE:
+            # torch.load would unpickle it (its first pickle is the legacy magic number): name
+            # what it calls, else say what it is.
+            if sniff.scan_pickles(kind, data, path.name):
+                raise FormatError(
+                    f"{path.name} is a pickle, not a safetensors or torch checkpoint file"
+                )
+            if safetensors.looks_like(prefix):
+                return safetensors.read(path, data)  # for its precise error message
+        if kind == sniff.TAR or prefix[257:262] == b"ustar":
+            sniff.scan_pickles(sniff.TAR, data, path.name)
             raise FormatError(
                 f"{path.name} uses torch's oldest (tar) format, which is not supported"
             )

@@ -10,6 +10,7 @@ from ..model import TensorRef
 from .unpickler import TensorStub, to_plain
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl of the largest real checkpoints is a few MB
+MAX_TENSORS = 200_000  # the largest real files have ~10k; two million names cost 1.1 GiB
 
 
 def split_checkpoint(
@@ -28,6 +29,8 @@ def split_checkpoint(
         if isinstance(value, TensorStub):
             if name in tensors:
                 raise FormatError(f"{filename}: two tensors are both named {name!r}")
+            if len(tensors) >= MAX_TENSORS:
+                raise FormatError(f"{filename} has over {MAX_TENSORS:,} tensors (the limit)")
             tensors[name] = resolve(name, value)
             return True
         if isinstance(value, dict):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import FormatError
 from ..model import FileData, ModelFile, Storage, TensorRef
-from . import unpickler
+from . import sniff, unpickler
 from .torch_common import MAX_PICKLE_BYTES, split_checkpoint
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -25,18 +25,21 @@ def looks_like(prefix: bytes) -> bool:
     return prefix[:1] == b"\x80" and _MAGIC_BYTES in prefix[:24]
 
 
-def looks_like_tar(prefix: bytes) -> bool:
-    return prefix[257:262] == b"ustar"
-
-
 def read(path: Path, data: FileData) -> ModelFile:
     name = path.name
-    stream = unpickler.BoundedReader(data.fd, 0, data.size)
-    if unpickler.load(stream, name) != MAGIC_NUMBER:
+    buffer = data.mmap
+    limit = min(data.size, MAX_PICKLE_BYTES)
+
+    def load(start: int, persistent_load: Any = None) -> tuple[Any, int]:
+        return unpickler.load(buffer, start, limit, name, persistent_load)
+
+    magic, position = load(0)
+    if magic != MAGIC_NUMBER:
         raise FormatError(f"{name}: not a torch file (bad magic number)")
-    if unpickler.load(stream, name) != PROTOCOL_VERSION:
+    protocol, position = load(position)
+    if protocol != PROTOCOL_VERSION:
         raise FormatError(f"{name}: unsupported legacy torch protocol")
-    sys_info = unpickler.load(stream, name)
+    sys_info, position = load(position)
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True) is not False
 
     stubs: dict[str, unpickler.StorageStub] = {}
@@ -50,15 +53,12 @@ def read(path: Path, data: FileData) -> ModelFile:
             raise FormatError(f"{name}: storage {stub.key} is described two ways")
         return stub
 
-    root = unpickler.load(stream, name, persistent_load)
-    if stream.tell() > MAX_PICKLE_BYTES:
-        raise FormatError(f"{name}: pickle is too large")
-    keys = unpickler.load(stream, name)
+    root, position = load(position, persistent_load)
+    keys, position = load(position)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise FormatError(f"{name}: bad storage key list")
 
     storages: dict[str, Storage] = {}
-    position = stream.tell()
     count_format = "<q" if little else ">q"
     for key in keys:
         stub = stubs.get(key)
@@ -72,6 +72,9 @@ def read(path: Path, data: FileData) -> ModelFile:
             raise FormatError(f"{name} is truncated (storage {key} runs past the end)")
         storages[key] = Storage(data, position + 8, nbytes)
         position += 8 + nbytes
+    if position != data.size:
+        # torch never reads past the last storage, but another tool might: say what is there.
+        sniff.refuse_trailing(buffer, position, data.size, name)
 
     def resolve(tensor_name: str, stub: unpickler.TensorStub) -> TensorRef:
         storage = storages.get(stub.storage.key)
@@ -84,10 +87,6 @@ def read(path: Path, data: FileData) -> ModelFile:
             if view_offset + view_size > stub.storage.numel:
                 raise FormatError(f"{name}: storage view runs past its storage")
             offset += view_offset
-        if all(stub.shape):
-            last = offset + sum((n - 1) * s for n, s in zip(stub.shape, stub.stride, strict=True))
-            if last >= stub.storage.numel:
-                raise FormatError(f"{name}: tensor {tensor_name} runs past its storage")
         return TensorRef(
             tensor_name, stub.dtype, stub.shape, storage, offset, stub.stride, not little
         )

@@ -9,15 +9,16 @@ data.pkl, so that the files load in `torch.load(weights_only=True)` and `torch.l
 from __future__ import annotations
 
 import hashlib
-import io
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import FormatError
 from ..model import FileData, ModelFile, Storage, TensorRef
+from ..text import printable
 from . import pickle_writer, unpickler
 from .torch_common import MAX_PICKLE_BYTES, split_checkpoint
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 STORAGE_ALIGNMENT = 64  # torch aligns every storage record so that mmap loading works
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+# Deflate cannot pass ~1032:1; bzip2 and lzma can, but no model's bytes compress that far.
+MAX_COMPRESSION_RATIO = 1100
 _SUPPORTED_COMPRESSION = {
     zipfile.ZIP_STORED,
     zipfile.ZIP_DEFLATED,
@@ -56,23 +59,37 @@ def _find_pickle(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limit: int) -> bytes:
     _check_member(info, name)
     if info.file_size > limit:
-        raise FormatError(f"{name}: {info.filename} is too large ({info.file_size} bytes)")
+        raise FormatError(
+            f"{name}: {printable(info.filename)} is too large ({info.file_size} bytes)"
+        )
     try:
         with archive.open(info) as entry:
             raw = entry.read(limit + 1)  # never more, whatever the entry claims: no zip bomb
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise FormatError(f"{name}: cannot read {info.filename} ({exc})") from None
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        OSError,
+        EOFError,
+        ValueError,
+        NotImplementedError,
+    ) as exc:
+        raise FormatError(f"{name}: cannot read {printable(info.filename)} ({exc})") from None
     if len(raw) > limit:
-        raise FormatError(f"{name}: {info.filename} is too large")
+        raise FormatError(f"{name}: {printable(info.filename)} is too large")
     return raw
 
 
 def _check_member(info: zipfile.ZipInfo, name: str) -> None:
+    member = printable(info.filename)
     if info.flag_bits & 0x1:
-        raise FormatError(f"{name}: {info.filename} is encrypted")
+        raise FormatError(f"{name}: {member} is encrypted")
     if info.compress_type not in _SUPPORTED_COMPRESSION:
+        raise FormatError(f"{name}: {member} uses unsupported compression {info.compress_type}")
+    compressed = info.compress_type != zipfile.ZIP_STORED
+    if compressed and info.file_size > info.compress_size * MAX_COMPRESSION_RATIO + (1 << 16):
         raise FormatError(
-            f"{name}: {info.filename} uses unsupported compression {info.compress_type}"
+            f"{name}: {member} claims to decompress to {info.file_size} bytes from "
+            f"{info.compress_size} (more than {MAX_COMPRESSION_RATIO}x: a zip bomb?)"
         )
 
 
@@ -81,11 +98,13 @@ def _data_offset(data: FileData, info: zipfile.ZipInfo, name: str) -> int:
     from the central directory's (torch pads it to align the data)."""
     fields = _LOCAL_HEADER.unpack(data.pread(_LOCAL_HEADER.size, info.header_offset))
     if fields[0] != b"PK\x03\x04":
-        raise FormatError(f"{name}: bad local header for {info.filename}")
+        raise FormatError(f"{name}: bad local header for {printable(info.filename)}")
     name_length, extra_length = fields[9], fields[10]
     start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
     if start + info.compress_size > data.size:
-        raise FormatError(f"{name}: {info.filename} runs past the end of the file (truncated?)")
+        raise FormatError(
+            f"{name}: {printable(info.filename)} runs past the end of the file (truncated?)"
+        )
     return start
 
 
@@ -105,7 +124,17 @@ def read(path: Path, data: FileData) -> ModelFile:
                 raise FormatError(f"{name}: unknown byteorder {order[:16]!r}")
             big_endian = order == b"big"
         raw = _read_member(archive, pickle_info, name, MAX_PICKLE_BYTES)
-        root = unpickler.load(io.BytesIO(raw), name, lambda pid: unpickler.storage_stub(pid, name))
+        described: dict[str, unpickler.StorageStub] = {}
+
+        def persistent_load(pid: Any) -> unpickler.StorageStub:
+            stub = unpickler.storage_stub(pid, name)
+            first = described.setdefault(stub.key, stub)
+            if (first.dtype, first.numel) != (stub.dtype, stub.numel):
+                # Else the size check below, made once per key, would bound only the first.
+                raise FormatError(f"{name}: storage {printable(stub.key)} is described two ways")
+            return stub
+
+        root, _ = unpickler.load(raw, 0, len(raw), name, persistent_load)
         storages: dict[str, Storage] = {}
 
         def storage_for(stub: unpickler.StorageStub, itemsize: int) -> Storage:
@@ -114,16 +143,17 @@ def read(path: Path, data: FileData) -> ModelFile:
             member = f"{prefix}data/{stub.key}"
             info = archive.NameToInfo.get(member)
             if info is None:
-                raise FormatError(f"{name}: storage {member} is missing")
+                raise FormatError(f"{name}: storage {printable(member)} is missing")
             _check_member(info, name)
             nbytes = stub.numel * (itemsize if stub.dtype is not None else 1)
             if info.file_size < nbytes:
                 raise FormatError(
-                    f"{name}: storage {member} has {info.file_size} bytes, needs {nbytes}"
+                    f"{name}: storage {printable(member)} has {info.file_size} bytes, "
+                    f"needs {nbytes}"
                 )
             if info.compress_type == zipfile.ZIP_STORED:
                 if info.compress_size != info.file_size:
-                    raise FormatError(f"{name}: storage {member} has inconsistent sizes")
+                    raise FormatError(f"{name}: storage {printable(member)} has inconsistent sizes")
                 storage = Storage(data, _data_offset(data, info, name), nbytes)
             else:
                 storage = Storage(data, 0, nbytes, member=member)

@@ -13,9 +13,7 @@ turn those into TensorRefs over the file's bytes.
 
 from __future__ import annotations
 
-import _compat_pickle
 import io
-import os
 import pickle
 import struct
 from collections.abc import Callable
@@ -24,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..dtypes import BY_STORAGE, BY_TORCH_NAME, DType
 from ..errors import FormatError, UnsafeFileError
+from ..text import printable
+from . import pickle_scan
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,15 +32,24 @@ if TYPE_CHECKING:
 # What a pickle can produce
 
 
-@dataclass(frozen=True)
+def _refuse_state(self: Any, state: Any) -> None:
+    raise FormatError(f"pickle sets the state of a {type(self).__name__} (refused)")
+
+
+# BUILD writes into an object's __dict__ even when its dataclass is frozen, and a stub changed
+# after its checks would describe a tensor nobody checked: these have no __dict__ (slots) and
+# a __setstate__ that refuses (else dataclass would add one that sets every field).
+@dataclass(frozen=True, slots=True)
 class StorageType:
     """Stand-in for torch.FloatStorage and friends; `dtype` is None for UntypedStorage."""
 
     name: str
     dtype: DType | None
 
+    __setstate__ = _refuse_state
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class StorageStub:
     """A storage named by the pickle's persistent id; its bytes live elsewhere in the file."""
 
@@ -49,14 +58,18 @@ class StorageStub:
     numel: int  # elements of `dtype`, or bytes when untyped
     view: tuple[str, int, int] | None = None  # legacy format: (root key, offset, size)
 
+    __setstate__ = _refuse_state
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class TensorStub:
     storage: StorageStub
     dtype: DType
     storage_offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+
+    __setstate__ = _refuse_state
 
 
 class InertObject:
@@ -108,7 +121,12 @@ class InertOrderedDict(dict):
 
 
 class NumpyDType:
-    """Stand-in for numpy.dtype(...) that only ever builds plain numeric dtypes."""
+    """Stand-in for numpy.dtype(...) that only ever builds plain numeric dtypes.
+
+    The class attributes are what an instance made by NEWOBJ (no __init__) has."""
+
+    code: str | None = None
+    byteorder = "<"
 
     def __init__(self, code: Any, align: Any = False, copy: Any = True) -> None:
         if not isinstance(code, str) or code.lstrip("<>|=") not in _NUMPY_CODES:
@@ -123,6 +141,8 @@ class NumpyDType:
     def numpy(self) -> np.dtype:
         import numpy as np
 
+        if self.code is None:
+            raise FormatError("numpy dtype without a type code in pickle")
         return np.dtype(self.byteorder + self.code)
 
 
@@ -158,6 +178,8 @@ MAX_PLAIN_ARRAY = 4096  # numpy arrays longer than this are summarised in metada
 class NumpyArray:
     """Stand-in for numpy.core.multiarray._reconstruct(...) followed by BUILD."""
 
+    value: Any = None  # what an instance made by NEWOBJ (no __init__) has
+
     def __init__(self, cls: Any = None, shape: Any = None, typecode: Any = None) -> None:
         self.value: Any = None
 
@@ -181,7 +203,12 @@ class NumpyArray:
 
 
 def to_plain(value: Any) -> Any:
-    """Turn unpickled data into plain JSON-like data: metadata must be inert and printable."""
+    """Turn unpickled data into plain JSON-like data: metadata must be inert and printable.
+
+    The pickle scan has bounded its depth and size and refused cycles, so this recursion ends."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        # Python refuses to print integers of over 4300 digits; no real metadata has one.
+        return f"<integer of {value.bit_length()} bits>"
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, bytes):
@@ -210,15 +237,27 @@ def _plain_key(key: Any) -> str:
 # The stand-ins for allow-listed globals
 
 
+MAX_COUNT = (1 << 63) - 1  # torch's sizes, strides and offsets are int64
+
+
 def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise FormatError(f"bad {what} in pickle: {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise FormatError(f"bad {what} in pickle: {safe_repr(value)}")
     return value
+
+
+def safe_repr(value: Any, limit: int = 120) -> str:
+    """repr() for an error message: never raises (an int of 5000 digits cannot be printed)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return printable(text, limit)
 
 
 def _dims(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)):
-        raise FormatError(f"bad {what} in pickle: {value!r}")
+        raise FormatError(f"bad {what} in pickle: {safe_repr(value)}")
     return tuple(_count(v, what) for v in value)
 
 
@@ -236,6 +275,8 @@ def _make_tensor(
     if len(shape) != len(strides):
         raise FormatError(f"shape {shape} and stride {strides} differ in length")
     available = storage.numel if storage.dtype is not None else storage.numel // dtype.itemsize
+    if storage.view is not None:
+        available = storage.view[2]  # a legacy view's elements count from the view's start
     if all(shape):
         last = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
         if last >= available:
@@ -405,15 +446,12 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         # Protocol 0-2 pickles use Python 2 names (__builtin__, commands); map them as the
         # standard unpickler does, so that the allow-list and the report see Python 3 names.
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        qualified = f"{module}.{name}"
+        qualified = pickle_scan.qualified_name(module, name)
         if qualified in ALLOWED_GLOBALS:
             return ALLOWED_GLOBALS[qualified]
         if qualified in _UNSUPPORTED:
             raise FormatError(f"{self._filename} uses {qualified}, which is not supported")
-        raise UnsafeFileError(f"{self._filename} is unsafe: it calls {_printable(qualified)}")
+        raise UnsafeFileError(f"{self._filename} is unsafe: it calls {printable(qualified)}")
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
@@ -421,15 +459,32 @@ class SafeUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
-def _printable(text: str, limit: int = 120) -> str:
-    text = text.encode("ascii", "backslashreplace").decode("ascii").replace("\n", "\\n")
-    return text if len(text) <= limit else text[:limit] + "..."
+def is_allowed(qualified: str) -> str:
+    """The scan's verdict on a global: allowed, unsupported (safe tensor kinds that no model
+    file uses) or unsafe."""
+    if qualified in ALLOWED_GLOBALS:
+        return pickle_scan.ALLOWED
+    return pickle_scan.UNSUPPORTED if qualified in _UNSUPPORTED else pickle_scan.UNSAFE
 
 
-def load(file: Any, filename: str, persistent_load: Callable[[Any], Any] | None = None) -> Any:
-    """Unpickle one object from `file`; every failure becomes a ModelToolkitError."""
+def load(
+    buffer: Any,
+    start: int,
+    end: int,
+    filename: str,
+    persistent_load: Callable[[Any], Any] | None = None,
+) -> tuple[Any, int]:
+    """Unpickle the pickle at `buffer[start:end]` (bytes or an mmap): the object, and the offset
+    just past it, where a legacy file's next part begins.
+
+    The opcodes are walked first (pickle_scan: the allow-list, budgets, no BUILD on a global),
+    and only a pickle that passes reaches the standard library's interpreter. Every failure
+    becomes a ModelToolkitError.
+    """
+    scanned = pickle_scan.scan(buffer, start, end, filename, is_allowed)
+    stream = io.BytesIO(buffer[start : scanned.end])
     try:
-        return SafeUnpickler(file, filename, persistent_load).load()
+        return SafeUnpickler(stream, filename, persistent_load).load(), scanned.end
     except (FormatError, UnsafeFileError):
         raise
     except RecursionError:
@@ -448,8 +503,8 @@ def load(file: Any, filename: str, persistent_load: Callable[[Any], Any] | None 
         OverflowError,
         UnicodeDecodeError,
     ) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
-        raise FormatError(f"{filename}: broken pickle ({_printable(detail)})") from None
+        detail = safe_repr(exc) if not str(exc) else str(exc).splitlines()[0]
+        raise FormatError(f"{filename}: broken pickle ({printable(detail, 200)})") from None
 
 
 def storage_stub(pid: Any, filename: str) -> StorageStub:
@@ -461,7 +516,7 @@ def storage_stub(pid: Any, filename: str) -> StorageStub:
         or not isinstance(pid[1], StorageType)
         or not isinstance(pid[2], (str, int))
     ):
-        raise FormatError(f"{filename}: unexpected persistent id {_printable(repr(pid))}")
+        raise FormatError(f"{filename}: unexpected persistent id {safe_repr(pid)}")
     numel = _count(pid[4], "storage size")
     view = None
     if len(pid) == 6 and pid[5] is not None:
@@ -470,44 +525,3 @@ def storage_stub(pid: Any, filename: str) -> StorageStub:
             raise FormatError(f"{filename}: bad storage view in pickle")
         view = (str(raw[0]), _count(raw[1], "view offset"), _count(raw[2], "view size"))
     return StorageStub(str(pid[2]), pid[1].dtype, numel, view)
-
-
-class _FileWindow(io.RawIOBase):
-    """Bytes [start, end) of an open file, read with pread (the fd's position is not shared)."""
-
-    def __init__(self, fd: int, start: int, end: int) -> None:
-        self._fd, self._pos, self.end = fd, start, end
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self.end - self._pos)
-        if want <= 0:
-            return 0
-        data = os.pread(self._fd, want, self._pos)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._pos
-
-
-class BoundedReader(io.BufferedReader):
-    """A buffered read-only window on a file that never reads (or allocates) past its end.
-
-    The C unpickler asks for as many bytes as a length field claims; a lying length must fail as
-    truncation, not as a multi-GB allocation. The unpickler consumes exactly what it uses, so
-    `tell()` after a load is where the pickle ended, and a legacy file's next part begins.
-    """
-
-    def __init__(self, fd: int, start: int, end: int) -> None:
-        super().__init__(_FileWindow(fd, start, end), buffer_size=1 << 16)
-        self._end = end
-
-    def read(self, size: int | None = -1) -> bytes:
-        remaining = self._end - self.tell()
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        return super().read(size)
