@@ -13,6 +13,14 @@ from model_toolkit.architectures.keylists import KeyList, load_path
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _state_outside_home(tmp_path_factory):
+    """Autoprune keeps its marker key in the user's state folder: the tests use their own."""
+    import os
+
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
 def key_list(name: str) -> KeyList:
     """A real key+shape list copied from the reference dumps (tests/data/keys/NAME.txt)."""
     return load_path(DATA / "keys" / f"{name}.txt")

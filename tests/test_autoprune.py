@@ -508,3 +508,106 @@ def test_watch_by_polling_stops_cleanly(tmp_path):
     assert not thread.is_alive()
     assert [(o.file, o.status, o.kind) for o in seen] == [("ti.safetensors", "filed", "embedding")]
     assert (models / "embeddings" / "ti.safetensors").is_file()
+
+
+# -- hostile inboxes ----------------------------------------------------------------------
+
+
+def planted_marker(inbox: Path, name: str, record: dict, sign: bool) -> Path:
+    from model_toolkit.autoprune.job import MARKER_SUFFIX, marker_mac
+
+    body = json.dumps(record)
+    signed = {"record": body, "mac": marker_mac(body) if sign else "0" * 64}
+    marker = inbox / f".{name}{MARKER_SUFFIX}"
+    marker.write_text(json.dumps(signed))
+    return marker
+
+
+def victim_record(victim: Path, name: str, output: Path) -> dict:
+    stat = victim.stat()
+    return {
+        "input": name,
+        "input_size": stat.st_size,
+        "input_mtime_ns": stat.st_mtime_ns,
+        "input_inode": stat.st_ino,
+        "output": str(output),
+        "metadata": {},
+        "tensors": {},
+    }
+
+
+def test_a_planted_marker_deletes_nothing(tmp_path):
+    """The marker names a file outside the inbox, with its true size and mtime."""
+    models = tmp_path / "models"
+    checkpoints = models / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    inbox = models / "Autoprune"
+    inbox.mkdir()
+    victim = checkpoints / "victim.safetensors"
+    write_sparse_safetensors(victim, component("VAE-v1-SD"), "F16")
+    output = models / "VAE" / "x.safetensors"
+    output.parent.mkdir()
+    output.write_bytes(victim.read_bytes())
+    name = "../Stable-diffusion/victim.safetensors"
+    # Unsigned (what anyone who can write into the inbox can make):
+    planted_marker(inbox, "victim.safetensors", victim_record(victim, name, output), sign=False)
+    outcomes = Autopruner(make_layout(models), Options(settle_seconds=0)).run_once()
+    assert victim.exists()
+    assert [(o.status, "not written by autoprune" in o.reason) for o in outcomes] == [
+        ("ignored", True)
+    ]
+    # Even signed, a marker is acted on only for a move we would make:
+    (inbox / ".victim.safetensors.mtk-autoprune.json").unlink()
+    planted_marker(inbox, "victim.safetensors", victim_record(victim, name, output), sign=True)
+    outcomes = Autopruner(make_layout(models), Options(settle_seconds=0)).run_once()
+    assert victim.exists()
+    assert [o.reason for o in outcomes] == [
+        "its input is not the file it is named after; left alone"
+    ]
+    (inbox / ".victim.safetensors.mtk-autoprune.json").unlink()
+    inside = inbox / "same.safetensors"
+    inside.write_bytes(victim.read_bytes())
+    planted_marker(
+        inbox, "same.safetensors", victim_record(inside, "same.safetensors", inside), True
+    )
+    layout = make_layout(models, folders={"checkpoint": inbox})
+    outcomes = Autopruner(layout, Options(settle_seconds=0)).recover()
+    assert inside.exists()
+    assert [o.reason for o in outcomes] == ["its output is its input; left alone"]
+
+
+def test_a_file_renamed_over_the_input_meanwhile_is_kept(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    inbox = models / "Autoprune"
+    inbox.mkdir()
+    vae = component("VAE-v1-SD")
+    path = inbox / "vae.safetensors"
+    write_sparse_safetensors(path, vae, "F32")
+    newer = tmp_path / "newer.safetensors"
+    write_sparse_safetensors(newer, vae, "F32", filled(vae, every=7))
+    expected = newer.read_bytes()
+    pruner = Autopruner(make_layout(models), Options(settle_seconds=0))
+    plan_for = pruner.plan_for
+
+    def renamed_meanwhile(model, name):
+        os.replace(newer, path)  # a download finishing under the same name
+        return plan_for(model, name)
+
+    monkeypatch.setattr(pruner, "plan_for", renamed_meanwhile)
+    (outcome,) = pruner.run_once()
+    assert outcome.status == "filed" and "replaced meanwhile" in outcome.reason
+    assert path.read_bytes() == expected
+
+
+def test_the_lock_does_not_follow_a_symlink(tmp_path):
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    inbox = models / "Autoprune"
+    inbox.mkdir()
+    outside = tmp_path / "elsewhere" / "created-by-lock"
+    outside.parent.mkdir()
+    (inbox / ".mtk-autoprune.lock").symlink_to(outside)
+    with pytest.raises(UsageError, match="cannot use the lock"):
+        Autopruner(make_layout(models), Options(settle_seconds=0)).run_once()
+    assert not outside.exists()

@@ -741,7 +741,8 @@ def _outcome_line(outcome: "Outcome") -> str:
     what = f"{outcome.architecture} {outcome.kind}" if outcome.kind else ""
     if outcome.status in ("filed", "recovered"):
         saved = f", saved {_human(outcome.saved_bytes)}" if outcome.saved_bytes > 0 else ""
-        return f"{outcome.file}: {what} -> {outcome.destination}{saved}"
+        note = f" ({outcome.reason})" if outcome.reason and outcome.status == "filed" else ""
+        return f"{outcome.file}: {what} -> {outcome.destination}{saved}{note}"
     if outcome.status == "failed":
         return f"{outcome.file}: failed ({outcome.reason}) -> {outcome.destination}"
     return f"{outcome.file}: {outcome.status} ({outcome.reason}), left in the inbox"

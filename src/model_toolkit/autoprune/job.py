@@ -10,8 +10,12 @@ output (never neither, never a partial file under a final name).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
+import stat as stat_module
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,7 +59,8 @@ class Outcome:
     """What happened to one inbox file."""
 
     file: str
-    status: str  # filed, failed, waiting (still growing), error (left in the inbox), recovered
+    status: str  # filed, failed, waiting (still growing), error (left in the inbox),
+    # recovered (an interrupted move finished), ignored (a marker we did not write)
     kind: str | None = None
     architecture: str | None = None
     destination: str | None = None
@@ -95,7 +100,16 @@ def inbox_lock(inbox: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; running two at once is on the user
         yield
         return
-    with open(inbox / LOCK_NAME, "a") as handle:
+    # O_NOFOLLOW: a lock planted as a symbolic link must not make us create its target.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(inbox / LOCK_NAME, flags, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot use the lock {inbox / LOCK_NAME}: {exc.strerror}") from None
+    if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"the lock {inbox / LOCK_NAME} is not a regular file")
+    with os.fdopen(fd, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -156,6 +170,9 @@ class Autopruner:
             return outcome
         try:
             with open_model(path) as model:
+                # What was read, by identity: a file renamed over this name meanwhile is
+                # another file, and must not be the one removed after filing this one.
+                stat = os.fstat(model._data.fd) if model._data is not None else stat
                 plan, outcome.kind, outcome.architecture = self.plan_for(model, path.name)
                 folder = self.layout.folder_for(outcome.kind)
                 stem = stem_of(path.name)
@@ -227,8 +244,11 @@ class Autopruner:
                     target = free_name(folder, stem, ".safetensors")  # appeared meanwhile
         finally:
             temp.unlink(missing_ok=True)
-        path.unlink()
-        sync_folder(path.parent)
+        if same_file(path, stat):
+            path.unlink()
+            sync_folder(path.parent)
+        else:
+            outcome.reason = "the inbox file was replaced meanwhile; the new one is kept"
         marker.unlink(missing_ok=True)
         outcome.status = "filed"
         outcome.destination = str(target)
@@ -275,31 +295,45 @@ class Autopruner:
             "input": path.name,
             "input_size": stat.st_size,
             "input_mtime_ns": stat.st_mtime_ns,
+            "input_inode": stat.st_ino,
             "output": str(target),
             "metadata": plan.metadata,
             "tensors": {name: rec.as_list() for name, rec in checked.records.items()},
         }
-        write_text_atomically(marker, json.dumps(record, default=str), TEMP_SUFFIX)
+        body = json.dumps(record, default=str)
+        signed = {"record": body, "mac": marker_mac(body)}
+        write_text_atomically(marker, json.dumps(signed), TEMP_SUFFIX)
 
     def _finish_interrupted(self, marker: Path) -> Outcome | None:
-        """A marker means a crash came between naming the output and removing the input."""
+        """A marker means a crash came between naming the output and removing the input.
+
+        It is acted on only if we wrote it (its MAC) and it describes a move we would make:
+        the input is the file the marker is named after, in the inbox; the output is another
+        file, in one of the layout's folders. Anything else is left alone and reported: a
+        planted marker must not make us delete a file we never read."""
         try:
-            record = json.loads(marker.read_text(encoding="utf-8"))
-            source = marker.parent / record["input"]
-            output = Path(record["output"])
-            records = {n: TensorRecord.from_list(r) for n, r in record["tensors"].items()}
+            record = read_marker(marker)
+        except _ForeignMarker as exc:
+            return Outcome(marker.name, "ignored", reason=f"{exc}; left alone")
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             marker.unlink(missing_ok=True)  # unreadable: the input, if any, is simply redone
             return None
+        source = marker.parent / record["input"]
+        output = Path(record["output"])
+        problem = self._implausible(marker, record["input"], output)
+        if problem:
+            return Outcome(marker.name, "ignored", reason=f"{problem}; left alone")
+        records = {n: TensorRecord.from_list(r) for n, r in record["tensors"].items()}
         try:
-            stat = source.stat()
+            stat = source.lstat()
         except FileNotFoundError:
             marker.unlink(missing_ok=True)  # the move had completed
             return None
-        same_input = (stat.st_size, stat.st_mtime_ns) == (
-            record["input_size"],
-            record["input_mtime_ns"],
-        )
+        same_input = stat_module.S_ISREG(stat.st_mode) and (
+            stat.st_size,
+            stat.st_mtime_ns,
+            stat.st_ino,
+        ) == (record["input_size"], record["input_mtime_ns"], record["input_inode"])
         if same_input and output.is_file():
             try:
                 verify_output(output, records, record["metadata"])
@@ -319,6 +353,84 @@ class Autopruner:
                 )
         marker.unlink(missing_ok=True)
         return None
+
+    def _implausible(self, marker: Path, name: str, output: Path) -> str | None:
+        """Why a marker does not describe a move of ours, or None."""
+        if marker.name != f".{name}{MARKER_SUFFIX}" or Path(name).name != name:
+            return "its input is not the file it is named after"
+        if not is_model_name(name):
+            return "its input is not a model file"
+        folders = {folder.resolve() for folder in self.layout.folders.values()}
+        if output.parent.resolve() not in folders or not is_model_name(output.name):
+            return "its output is not in a model folder"
+        if output.resolve() == (marker.parent / name).resolve():
+            return "its output is its input"
+        return None
+
+
+class _ForeignMarker(ModelToolkitError):
+    """A marker file that autoprune did not write (no MAC, or a wrong one)."""
+
+
+MAX_MARKER_BYTES = 64 * 1024 * 1024  # a marker holds one CRC per tensor: ~1 MB for 10k
+
+
+def read_marker(marker: Path) -> dict[str, Any]:
+    """The record a marker holds, read without following a link, checked against its MAC."""
+    fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            raise _ForeignMarker("the marker is not a regular file")
+        signed = json.loads(handle.read(MAX_MARKER_BYTES + 1).decode("utf-8"))
+    if not isinstance(signed, dict) or not isinstance(signed.get("record"), str):
+        raise _ForeignMarker("the marker was not written by autoprune")
+    body = signed["record"]
+    if not hmac.compare_digest(str(signed.get("mac", "")), marker_mac(body)):
+        raise _ForeignMarker("the marker was not written by autoprune (its MAC differs)")
+    record = json.loads(body)
+    if not isinstance(record, dict):
+        raise _ForeignMarker("the marker was not written by autoprune")
+    return record
+
+
+def marker_key_path() -> Path:
+    """Where this user's key for the markers' MACs lives: outside every inbox, so that whoever
+    can write into an inbox cannot sign a marker."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "model-toolkit" / "autoprune.key"
+
+
+def marker_mac(body: str) -> str:
+    path = marker_key_path()
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:  # another run made it first
+            key = path.read_bytes()
+        else:
+            key = secrets.token_bytes(32)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(key)
+                handle.flush()
+                os.fsync(handle.fileno())
+    return hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def same_file(path: Path, read: os.stat_result) -> bool:
+    """Whether `path` still names the very file that was read (not one renamed over it)."""
+    try:
+        now = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+        read.st_dev,
+        read.st_ino,
+        read.st_size,
+        read.st_mtime_ns,
+    )
 
 
 def estimated_size(plan: Plan) -> int:
