@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
+from pathlib import Path
 
 import blake3
 import numpy as np
@@ -306,6 +310,45 @@ def test_an_interrupted_scan_resumes(library, tmp_path):
     index.close()
     assert (result.from_index, result.scanned) == (2, 1)
     assert [r["status"] for r in result.files.values()] == ["unsafe", "unknown", "ok"]
+
+
+@pytest.mark.skipif(
+    multiprocessing.get_start_method() != "fork",
+    reason="the stand-in reader reaches workers by fork",
+)
+def test_a_crashing_or_hanging_file_is_one_record_and_the_scan_goes_on(tmp_path, monkeypatch):
+    """A reader that dies (SIGSEGV) or hangs on one file: that file's record says so, a new
+    worker takes the next file, and nothing of it is cached."""
+    from model_toolkit import library as library_module
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("a-crash.safetensors", "b-hang.safetensors", "c-good.safetensors", "d.ckpt"):
+        (folder / name).write_bytes(b"x" * 10)
+    real = library_module.scan_file
+
+    def reader(path_text, with_hashes):
+        name = Path(path_text).name
+        if "crash" in name:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if "hang" in name:
+            time.sleep(600)
+        return real(path_text, with_hashes)
+
+    monkeypatch.setattr(library_module, "scan_file", reader)
+    for workers in (1, 2):
+        index = Library(tmp_path / f"index{workers}.sqlite")
+        index.file_timeout = lambda size: 3.0
+        started = time.monotonic()
+        result = index.scan([folder], workers=workers)
+        assert time.monotonic() - started < 30
+        records = {Path(p).name: r for p, r in result.files.items()}
+        assert records["a-crash.safetensors"]["error"] == "the reader crashed (signal 11)"
+        assert records["b-hang.safetensors"]["error"] == "timed out after 3 s"
+        assert records["c-good.safetensors"]["status"] == "unreadable"
+        assert records["d.ckpt"]["status"] == "unreadable"
+        assert index.scan([folder], workers=workers).from_index == 2  # errors are retried
+        index.close()
 
 
 # -- diff ---------------------------------------------------------------------------------

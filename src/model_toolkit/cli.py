@@ -640,7 +640,7 @@ def scan(
         prunable = record.get("prunable_bytes", 0)
         extra = f", prunable {_human(prunable)}" if prunable > 0 else ""
         if record.get("error"):
-            extra += f": {record['error']}"
+            extra += f": {printable(record['error'])}"
         echo(f"  {path}: {arch}, {precision}, {_human(record['size'])}{extra}")
     for group in result.duplicates:
         echo(f"identical files ({_human(group['size'])} each): " + ", ".join(group["files"]))

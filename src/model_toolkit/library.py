@@ -9,10 +9,12 @@ so an interrupted scan resumes where it stopped.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,10 +104,87 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
         record.update(status="unreadable", error=str(exc))
     except OSError as exc:
         record.update(status="unreadable", error=exc.strerror or str(exc))
-    if with_hashes and record["status"] != "unreadable":
-        values = compute_hashes(path, ("sha256", "autov2", "autov3")).values
-        record["hashes"] = values
+    except Exception as exc:  # a bug on one odd file must not end the scan
+        record.update(status="error", error=f"internal error ({exc.__class__.__name__}: {exc})")
+    if with_hashes and record["status"] not in ("unreadable", "error"):
+        try:
+            record["hashes"] = compute_hashes(path, ("sha256", "autov2", "autov3")).values
+        except (ModelToolkitError, OSError) as exc:
+            record.update(status="unreadable", error=str(exc))
     return record
+
+
+def file_timeout(size: int) -> float:
+    """How long one file may take in a worker: a minute, plus reading it at 20 MB/s."""
+    return 60.0 + size / 20e6
+
+
+def scan_in_workers(
+    todo: list[tuple[Path, os.stat_result]],
+    with_hashes: bool,
+    workers: int,
+    finish: Callable[[Path, os.stat_result, dict[str, Any]], None],
+    timeout: Callable[[int], float] = file_timeout,
+) -> None:
+    """Scan files in worker processes, one file per worker at a time.
+
+    Written out rather than a ProcessPoolExecutor: there, one worker killed by a crashing
+    reader breaks the whole pool (BrokenProcessPool) and a hanging one is waited for forever.
+    Here a worker that dies or overruns its file's time is killed if need be, its file gets a
+    record saying so, and a fresh worker takes its place."""
+    context = multiprocessing.get_context()
+    pending = list(reversed(todo))
+    running: dict[Any, tuple[Any, Any, Path, os.stat_result, float]] = {}
+
+    def start() -> None:
+        path, stat = pending.pop()
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=_worker, args=(theirs, str(path), with_hashes), daemon=True
+        )
+        process.start()
+        theirs.close()
+        deadline = time.monotonic() + timeout(stat.st_size)
+        running[ours] = (process, ours, path, stat, deadline)
+
+    def end(connection: Any, record: dict[str, Any]) -> None:
+        process, _, path, stat, _ = running.pop(connection)
+        if process.is_alive():
+            process.kill()
+        process.join()
+        connection.close()
+        finish(path, stat, record)
+
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                start()
+            now = time.monotonic()
+            wait_for = max(0.0, min(entry[4] for entry in running.values()) - now)
+            for connection in multiprocessing.connection.wait(list(running), wait_for):
+                try:
+                    record = connection.recv()
+                except (EOFError, OSError):
+                    process = running[connection][0]
+                    process.join()
+                    code = process.exitcode
+                    why = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+                    record = {"status": "error", "error": f"the reader crashed ({why})"}
+                end(connection, record)
+            now = time.monotonic()
+            for connection, (_, _, _, stat, deadline) in list(running.items()):
+                if now >= deadline:
+                    limit = timeout(stat.st_size)
+                    end(connection, {"status": "error", "error": f"timed out after {limit:.0f} s"})
+    finally:
+        for process, connection, *_ in running.values():
+            process.kill()
+            connection.close()
+
+
+def _worker(connection: Any, path_text: str, with_hashes: bool) -> None:
+    connection.send(scan_file(path_text, with_hashes))
+    connection.close()
 
 
 @dataclass
@@ -140,6 +219,7 @@ class Library:
         db.parent.mkdir(parents=True, exist_ok=True)
         self.connection = sqlite3.connect(db)
         self.connection.execute(SCHEMA)
+        self.file_timeout: Callable[[int], float] = file_timeout
 
     def close(self) -> None:
         self.connection.close()
@@ -169,8 +249,12 @@ class Library:
         paths = find_model_files(folders)
         files: dict[str, dict[str, Any]] = {}
         todo = []
-        for path in paths:
-            stat = path.stat()
+        for path in list(paths):
+            try:
+                stat = path.stat()
+            except OSError:  # gone (or a dangling link) since it was listed
+                paths.remove(path)
+                continue
             record = self.cached(path, stat.st_size, stat.st_mtime_ns, with_hashes)
             if record is None:
                 todo.append((path, stat))
@@ -182,23 +266,15 @@ class Library:
 
         def finish(path: Path, stat: os.stat_result, record: dict[str, Any]) -> None:
             nonlocal done
-            self.store(path, stat.st_size, stat.st_mtime_ns, record)
+            if record["status"] != "error":  # a crash or a time-out is tried again next scan
+                self.store(path, stat.st_size, stat.st_mtime_ns, record)
             files[str(path)] = {**record, "size": stat.st_size}
             done += 1
             if progress is not None:
                 progress(done, len(paths), path.name)
 
-        if workers <= 1 or len(todo) <= 1:
-            for path, stat in todo:
-                finish(path, stat, scan_file(str(path), with_hashes))
-        else:
-            with ProcessPoolExecutor(min(workers, len(todo))) as pool:
-                futures = [
-                    (path, stat, pool.submit(scan_file, str(path), with_hashes))
-                    for path, stat in todo
-                ]
-                for path, stat, future in futures:
-                    finish(path, stat, future.result())
+        if todo:
+            scan_in_workers(todo, with_hashes, max(1, workers), finish, self.file_timeout)
         ordered = {str(p): files[str(p)] for p in paths}
         result = ScanResult(ordered, from_index, len(todo))
         result.duplicates = identical_files(ordered)
