@@ -9,17 +9,16 @@ so an interrupted scan resumes where it stopped.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelToolkitError, UnsafeFileError
+from .isolated import GIB, IsolatedError, WorkerPool
 from .names import walk_model_files
 
 SCHEMA = """
@@ -119,72 +118,25 @@ def file_timeout(size: int) -> float:
     return 60.0 + size / 20e6
 
 
-def scan_in_workers(
-    todo: list[tuple[Path, os.stat_result]],
-    with_hashes: bool,
-    workers: int,
-    finish: Callable[[Path, os.stat_result, dict[str, Any]], None],
-    timeout: Callable[[int], float] = file_timeout,
-) -> None:
-    """Scan files in worker processes, one file per worker at a time.
+def file_memory(size: int) -> int:
+    """The address space one file's worker may use: the file (the metric maps it) + 4 GiB."""
+    return size + 4 * GIB
 
-    Written out rather than a ProcessPoolExecutor: there, one worker killed by a crashing
-    reader breaks the whole pool (BrokenProcessPool) and a hanging one is waited for forever.
-    Here a worker that dies or overruns its file's time is killed if need be, its file gets a
-    record saying so, and a fresh worker takes its place."""
-    context = multiprocessing.get_context()
-    pending = list(reversed(todo))
-    running: dict[Any, tuple[Any, Any, Path, os.stat_result, float]] = {}
 
-    def start() -> None:
-        path, stat = pending.pop()
-        ours, theirs = context.Pipe()
-        process = context.Process(
-            target=_worker, args=(theirs, str(path), with_hashes), daemon=True
-        )
-        process.start()
-        theirs.close()
-        deadline = time.monotonic() + timeout(stat.st_size)
-        running[ours] = (process, ours, path, stat, deadline)
-
-    def end(connection: Any, record: dict[str, Any]) -> None:
-        process, _, path, stat, _ = running.pop(connection)
-        if process.is_alive():
-            process.kill()
-        process.join()
-        connection.close()
-        finish(path, stat, record)
-
+def scan_isolated(
+    pool: WorkerPool, path: Path, size: int, with_hashes: bool, timeout: Callable[[int], float]
+) -> dict[str, Any]:
+    """scan_file in a worker of `pool`: a crash or time-out is the file's record, not ours."""
     try:
-        while pending or running:
-            while pending and len(running) < workers:
-                start()
-            now = time.monotonic()
-            wait_for = max(0.0, min(entry[4] for entry in running.values()) - now)
-            for connection in multiprocessing.connection.wait(list(running), wait_for):
-                try:
-                    record = connection.recv()
-                except (EOFError, OSError):
-                    process = running[connection][0]
-                    process.join()
-                    code = process.exitcode
-                    why = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
-                    record = {"status": "error", "error": f"the reader crashed ({why})"}
-                end(connection, record)
-            now = time.monotonic()
-            for connection, (_, _, _, stat, deadline) in list(running.items()):
-                if now >= deadline:
-                    limit = timeout(stat.st_size)
-                    end(connection, {"status": "error", "error": f"timed out after {limit:.0f} s"})
-    finally:
-        for process, connection, *_ in running.values():
-            process.kill()
-            connection.close()
-
-
-def _worker(connection: Any, path_text: str, with_hashes: bool) -> None:
-    connection.send(scan_file(path_text, with_hashes))
-    connection.close()
+        return pool.call(
+            scan_file,
+            str(path),
+            with_hashes,
+            timeout=timeout(size),
+            memory=file_memory(size),
+        )
+    except IsolatedError as exc:
+        return {"status": "error", "error": str(exc)}
 
 
 @dataclass
@@ -220,6 +172,7 @@ class Library:
         self.connection = sqlite3.connect(db)
         self.connection.execute(SCHEMA)
         self.file_timeout: Callable[[int], float] = file_timeout
+        self.pool_context: Any = None  # a multiprocessing context; None: WorkerPool's default
 
     def close(self) -> None:
         self.connection.close()
@@ -274,7 +227,19 @@ class Library:
                 progress(done, len(paths), path.name)
 
         if todo:
-            scan_in_workers(todo, with_hashes, max(1, workers), finish, self.file_timeout)
+            # Threads only wait: each hands its file to a worker process of the pool.
+            with (
+                WorkerPool(self.pool_context) as pool,
+                ThreadPoolExecutor(max(1, min(workers, len(todo)))) as threads,
+            ):
+                futures = {
+                    threads.submit(
+                        scan_isolated, pool, path, stat.st_size, with_hashes, self.file_timeout
+                    ): (path, stat)
+                    for path, stat in todo
+                }
+                for future in as_completed(futures):
+                    finish(*futures[future], future.result())
         ordered = {str(p): files[str(p)] for p in paths}
         result = ScanResult(ordered, from_index, len(todo))
         result.duplicates = identical_files(ordered)
