@@ -43,11 +43,16 @@ def default_context() -> Any:
 
 
 class _Worker:
+    # One start at a time: with fork, a worker forked by another thread in the middle of this
+    # one's start would inherit its pipe and sentinel, and this one's death would go unseen.
+    _starting = threading.Lock()
+
     def __init__(self, context: Any) -> None:
-        self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=_serve, args=(theirs,), daemon=True)
-        self.process.start()
-        theirs.close()
+        with self._starting:
+            self.connection, theirs = context.Pipe()
+            self.process = context.Process(target=_serve, args=(theirs,), daemon=True)
+            self.process.start()
+            theirs.close()
 
     def kill(self) -> None:
         with contextlib.suppress(OSError, ValueError):
