@@ -764,6 +764,7 @@ def ui(
     try:
         from .ui.app import build_ui, enable_queue
         from .ui.folders import ModelFolders
+        from .ui.server import serve
     except ImportError as exc:
         raise ModelToolkitError(
             f"the web UI needs gradio ({exc.name} is missing): pip install 'sd-model-toolkit[ui]'"
@@ -775,7 +776,7 @@ def ui(
     blocks = build_ui(folders)
     enable_queue(blocks)
     echo(f"Model Toolkit on http://{host}:{port} (models: {', '.join(map(str, roots))})")
-    blocks.launch(server_name=host, server_port=port, show_error=False, quiet=True)
+    serve(blocks, host, port)
 
 
 def _demo_models() -> Path:

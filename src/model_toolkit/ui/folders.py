@@ -47,15 +47,21 @@ class ModelFolders:
 
     def list_files(self) -> dict[str, Path]:
         """Display name ("Stable-diffusion/model.safetensors") -> path, for every model file in
-        the listed folders (subfolders included, hidden files skipped), sorted."""
+        the listed folders (subfolders included, hidden files skipped), sorted.
+
+        Paths are resolved, and a symbolic link whose target lies outside every model folder
+        is not listed: every handler takes its paths from here, so none reads outside."""
         found: dict[str, Path] = {}
         for kind in LISTED_KINDS:
             for folder in self.folders.get(kind, []):
                 if not folder.is_dir():
                     continue
                 for path in walk_model_files(folder):
+                    resolved = path.resolve()
+                    if not self.contains(resolved):
+                        continue
                     label = f"{folder.name}/{path.relative_to(folder).as_posix()}"
-                    found.setdefault(label, path.resolve())
+                    found.setdefault(label, resolved)
         return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
     def contains(self, path: Path) -> bool:

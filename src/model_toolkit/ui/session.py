@@ -32,6 +32,7 @@ from ..plan import Plan
 from ..report import Findings, advanced_report, basic_report
 from ..write import ProgressCallback, write_plan
 from .folders import ModelFolders, checked_name
+from .vetting import vet
 
 NEW_PREFIX = "NEW "
 AUTO = "auto"
@@ -75,7 +76,6 @@ class Session:
         self._opened: dict[Path, ModelFile] = {}
         self._findings: Findings | None = None  # the values read, per state of the model
         self._analyses: dict[str, Analysis] = {}  # by precision label, per state of the model
-        self._headers: dict[tuple[Path, int, int], Analysis] = {}
 
     # -- what can be chosen ------------------------------------------------------------------
 
@@ -120,6 +120,7 @@ class Session:
         if not self.folders.contains(path):
             raise UsageError(f"{path.name} is not in the model folders")
         if path not in self._opened:
+            vet(path)  # read first where a hostile file can only cost a worker
             self._opened[path] = open_model(path)
         return self._opened[path]
 
@@ -202,22 +203,17 @@ class Session:
         """Files in the model folders that contain a component of `cls` (full models too)."""
         result = []
         for label, path in self.folders.list_files().items():
-            analysis = self._header(path)
-            if analysis is None:
-                continue
-            if any(cls in by_class for by_class in analysis.detection.found.values()):
+            found = self._header(path)
+            if found is not None and any(cls in by_class for by_class in found.values()):
                 result.append(label)
         return result
 
-    def _header(self, path: Path) -> Analysis | None:
-        """A file's identification, cached by size and time (header only, no tensor read)."""
+    def _header(self, path: Path) -> dict[str, dict[str, list[str]]] | None:
+        """A file's classes by header, read in a worker process (vetting.py)."""
+        if not self.folders.contains(path):
+            return None
         try:
-            stat = path.stat()
-            key = (path, stat.st_size, stat.st_mtime_ns)
-            if key not in self._headers:
-                with open_model(path) as model:
-                    self._headers[key] = analyze(model)
-            return self._headers[key]
+            return vet(path)
         except (OSError, ModelToolkitError):  # unreadable or unsafe files are not offered
             return None
 
