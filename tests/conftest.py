@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,37 @@ def peak_rss_kib(plan_expression: str, source, output) -> int:
         f"    m.write_plan({plan_expression}, sys.argv[2])\n" + PRINT_PEAK_RSS_KIB
     )
     return int(run_python(script, source, output))
+
+
+@contextmanager
+def running_ui(root: Path):
+    """`mtk ui --models-dir root` on a free port of 127.0.0.1, until the block ends: its port."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_toolkit", "ui", "--models-dir", root, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("mtk ui did not start: " + (process.stdout.read() if process.stdout else ""))
+    try:
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

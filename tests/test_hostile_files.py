@@ -253,32 +253,21 @@ def test_build_cannot_change_a_checked_tensor(tmp_path):
 # 4. The danger named wherever a pickle stream is found
 
 
-def test_bare_pickle_names_the_callable(tmp_path):
+LONE_PICKLES = {
+    "bare.pt": lambda evil: pickle.dumps(evil, protocol=2),
+    "protocol-0.pt": lambda evil: pickle.dumps(evil, protocol=0),
+    # A legacy file whose first pickle, where torch.load expects the magic number, is the payload.
+    "magic.pt": lambda evil: pickle.dumps(evil, protocol=2) + pickle.dumps(PROTOCOL_VERSION),
+}
+
+
+@pytest.mark.parametrize("name", list(LONE_PICKLES))
+def test_a_pickle_that_is_no_checkpoint_names_the_callable(tmp_path, name):
     sentinel = tmp_path / "pwned"
-    path = tmp_path / "bare.pt"
-    path.write_bytes(pickle.dumps(payload(sentinel), protocol=2))
+    path = tmp_path / name
+    path.write_bytes(LONE_PICKLES[name](payload(sentinel)))
     proven_live(path, sentinel)
-    with pytest.raises(mtk.UnsafeFileError, match=f"bare.pt is unsafe: it calls {SYSTEM}"):
-        mtk.open(path)
-
-
-def test_protocol_0_pickle_names_the_callable(tmp_path):
-    sentinel = tmp_path / "pwned"
-    path = tmp_path / "old.pt"
-    path.write_bytes(pickle.dumps(payload(sentinel), protocol=0))
-    proven_live(path, sentinel)
-    with pytest.raises(mtk.UnsafeFileError, match=f"calls {SYSTEM}"):
-        mtk.open(path)
-
-
-def test_legacy_file_whose_magic_number_is_the_payload(tmp_path):
-    sentinel = tmp_path / "pwned"
-    path = tmp_path / "magic.pt"
-    path.write_bytes(
-        pickle.dumps(payload(sentinel), protocol=2) + pickle.dumps(PROTOCOL_VERSION, protocol=2)
-    )
-    proven_live(path, sentinel)
-    with pytest.raises(mtk.UnsafeFileError, match=f"calls {SYSTEM}"):
+    with pytest.raises(mtk.UnsafeFileError, match=f"{name} is unsafe: it calls {SYSTEM}"):
         mtk.open(path)
 
 

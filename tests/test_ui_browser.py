@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 from test_ui_session import CLIP_KEY, UNET_KEY, VAE_KEY, tensor, two_models
 
 import model_toolkit as mtk
+from conftest import running_ui
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -33,36 +31,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     root = tmp_path / "models"
     first, other = two_models(root)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model_toolkit", "ui", "--models-dir", root, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("mtk ui did not start: " + (process.stdout.read() if process.stdout else ""))
-    yield f"http://127.0.0.1:{port}/", root, first, other
-    process.terminate()
-    process.wait(timeout=20)
+    with running_ui(root) as (port, _):
+        yield f"http://127.0.0.1:{port}/", root, first, other
 
 
 class Page:

@@ -4,22 +4,14 @@ over HTTP by gradio's own client, two visitors side by side."""
 from __future__ import annotations
 
 import http.client
-import socket
-import subprocess
-import sys
-import time
 import zipfile
 
 import pytest
 from test_ui_session import two_models
 
+from conftest import running_ui
+
 gradio_client = pytest.importorskip("gradio_client")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def zip_with_pickle(path, data_pkl: bytes) -> None:
@@ -43,26 +35,8 @@ def server(tmp_path_factory):
     outside.mkdir()
     (outside / "secret.safetensors").write_bytes((checkpoints / "other.safetensors").read_bytes())
     (checkpoints / "link.safetensors").symlink_to(outside / "secret.safetensors")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model_toolkit", "ui", "--models-dir", root, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("mtk ui did not start")
-    yield port, process
-    process.terminate()
-    process.wait(timeout=20)
+    with running_ui(root) as (port, process):
+        yield port, process
 
 
 def request(port: int, host: str, method: str = "GET", path: str = "/") -> tuple[int, str]:

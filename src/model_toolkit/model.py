@@ -317,6 +317,18 @@ class TensorRef:
         self.storage.data.preadinto(memoryview(chunk.view(np.uint8)), position)
         return self._native(chunk)
 
+    def _view_of(self, base: np.ndarray) -> np.ndarray:
+        """The tensor as a strided view of its storage's elements (check_view bounded it)."""
+        import numpy as np
+
+        assert self.stride is not None
+        return np.lib.stride_tricks.as_strided(
+            base[self.storage_offset :],
+            shape=self.shape,
+            strides=tuple(step * self.dtype.itemsize for step in self.stride),
+            writeable=False,
+        )
+
     def _strided_compressed_chunks(self, per_chunk: int) -> Iterator[np.ndarray]:
         """A strided view of a compressed storage: the storage is decompressed into a temporary
         file, and the view gathered from its mapping (pages released as we go), so that a
@@ -329,12 +341,7 @@ class TensorRef:
             mapping = mmap.mmap(spill.fileno(), 0, access=mmap.ACCESS_READ)
             try:
                 base = np.frombuffer(mapping, self._numpy_dtype(), self.storage.nbytes // itemsize)
-                view = np.lib.stride_tricks.as_strided(
-                    base[self.storage_offset :],
-                    shape=self.shape,
-                    strides=tuple(step * itemsize for step in self.stride),
-                    writeable=False,
-                )
+                view = self._view_of(base)
                 for block in _contiguous_blocks(view, per_chunk):
                     yield self._native(block)
                     if hasattr(mapping, "madvise"):
@@ -361,12 +368,7 @@ class TensorRef:
             base = np.frombuffer(
                 self.storage.data.mmap, self._numpy_dtype(), count, self.storage.offset
             )
-        view = np.lib.stride_tricks.as_strided(
-            base[self.storage_offset :],
-            shape=self.shape,
-            strides=tuple(step * itemsize for step in self.stride),
-            writeable=False,
-        )
+        view = self._view_of(base)
         for block in _contiguous_blocks(view, per_chunk):
             yield self._native(block)
         if self.storage.data is not None and self.storage.member is None:

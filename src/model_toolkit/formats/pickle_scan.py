@@ -159,7 +159,7 @@ def scan(
     end: int,
     filename: str,
     allowed: Callable[[str], str],
-    limits: Limits = LIMITS,
+    limits: Limits | None = None,
 ) -> PickleScan:
     """Walk one pickle in `buffer[start:end]` (bytes or an mmap) up to its STOP.
 
@@ -167,6 +167,8 @@ def scan(
     UNSAFE. Raises UnsafeFileError at the first unsafe global, FormatError at an unsupported
     one, for a damaged pickle or one beyond `limits`. Nothing is imported, built or called.
     """
+
+    limits = limits or LIMITS  # looked up now: a program may set LIMITS to raise them
 
     def broken(why: str) -> FormatError:
         return FormatError(f"{filename}: broken pickle ({why})")
