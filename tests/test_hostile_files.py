@@ -412,6 +412,16 @@ def test_huge_integers_are_refused_or_summarised(tmp_path):
     assert "integer of 16610 bits" in result.stdout
 
 
+def test_a_shape_numpy_cannot_describe_is_refused(tmp_path):
+    """[0, 2**62, 2**62] holds nothing, yet numpy's zeros() of it raises "array is too big"."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}})
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode())
+    result = mtk_cli("diff", str(path), str(path))
+    assert result.returncode == 2
+    assert result.stderr == "error: empty.safetensors: tensor w has an impossible shape\n"
+
+
 def test_bad_crc_in_a_deflated_storage_is_one_error_line(tmp_path):
     plain = tmp_path / "plain.ckpt"
     torch.save({"w": torch.randn(1000)}, plain)

@@ -386,6 +386,10 @@ def check_view(ref: TensorRef) -> None:
 
     Every format reader builds TensorRefs, so this is the one check that a view cannot reach
     other memory (torch's storage-size CVEs), whatever the pickle claimed the storage holds."""
+    if math.prod(d for d in ref.shape if d) * ref.dtype.itemsize >= 1 << 63:
+        # Even an empty tensor of such a shape is past what numpy (or torch) can describe.
+        name = ref.storage.data.path.name if ref.storage.data is not None else "model"
+        raise FormatError(f"{name}: tensor {printable(ref.name, 200)} has an impossible shape")
     if not all(ref.shape):
         return
     itemsize = ref.dtype.itemsize
