@@ -23,7 +23,9 @@ from modules import script_callbacks, shared
 registered = script_callbacks.registered
 for callback in registered["ui_settings"]:
     callback()
-labels = {k: [v.label, v.section, v.default] for k, v in shared.opts.data_labels.items()}
+labels = {
+    k: [v.label, v.section, v.category_id, v.default] for k, v in shared.opts.data_labels.items()
+}
 [(blocks, title, elem_id)] = registered["ui_tabs"][0]()
 from model_toolkit.ui.extension import webui_layout, autoprune_in_background
 layout = webui_layout()
@@ -56,6 +58,7 @@ def test_the_extension_registers_its_tab_settings_and_autoprune(tmp_path):
     assert report["labels"]["model_toolkit_fix_clip"] == [
         "Fix broken CLIP position IDs",
         section,
+        "sd",  # "Stable Diffusion", not "Uncategorized"
         False,
     ]
     assert report["labels"]["model_toolkit_autoprune"][0].startswith("Enable Autopruning")
@@ -67,12 +70,42 @@ def test_the_extension_registers_its_tab_settings_and_autoprune(tmp_path):
     assert not (models / "Autoprune" / "ti.safetensors").exists()
 
 
-def test_install_py_installs_only_what_is_missing(tmp_path):
+def test_without_a_fitting_ml_dtypes_install_says_so_and_the_tab_still_loads(tmp_path):
+    """An ml_dtypes that fails to import (built for another numpy): install.py removes and
+    reinstalls it with every requirement quoted and the host pinned, and says in one line what
+    is missing when that does not help; the extension loads and its page says so too."""
+    broken = tmp_path / "broken" / "ml_dtypes"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('numpy._core.multiarray failed')\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(broken.parent),
+        "STANDIN_INSTALLED": "ml_dtypes",
+        "STANDIN_MODELS": str(tmp_path / "webui" / "models"),
+    }
     script = (
         "import runpy, sys; sys.path.insert(0, sys.argv[1]); "
         "runpy.run_path(sys.argv[2] + '/install.py'); import launch, json; "
         "print(json.dumps(launch.pip_calls))"
     )
-    env = {**os.environ, "STANDIN_INSTALLED": "safetensors,watchdog"}
-    pip_calls = json.loads(run_python(script, STANDIN, ROOT, env=env, timeout=60))
-    assert pip_calls == ["install ml_dtypes>=0.4", "install blake3>=0.4"]
+    output = run_python(script, STANDIN, ROOT, env=env, timeout=120).splitlines()
+    pip_calls = json.loads(output[-1])
+    assert pip_calls[0] == 'uninstall -y "ml_dtypes"'
+    assert pip_calls[1].startswith('install "ml_dtypes>=0.4" --constraint "')
+    assert len(pip_calls) == 2
+    assert output[:-1] == [
+        "Model Toolkit: ml_dtypes is not available in this webui's environment (no version "
+        "fits its packages); without it: no bf16 or fp8 (models in those precisions cannot be "
+        "read or written)."
+    ]
+    (tmp_path / "webui" / "models" / "Stable-diffusion").mkdir(parents=True)
+    tab = (
+        "import sys, runpy; sys.path.insert(0, sys.argv[1]); "
+        "runpy.run_path(sys.argv[2] + '/scripts/model_toolkit_tab.py')\n"
+        "from modules import script_callbacks\n"
+        "[(blocks, title, _)] = script_callbacks.registered['ui_tabs'][0]()\n"
+        "print(title, [b.value for b in blocks.blocks.values() if 'mtk-status' == b.elem_id])"
+    )
+    result = run_python(tab, STANDIN, ROOT, env=env, timeout=120)
+    assert "Model Toolkit" in result
+    assert "BF16 and FP8 are unavailable here" in result

@@ -4,6 +4,7 @@ that applies the original toolkit's rules in torch, one tensor at a time."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -360,3 +361,40 @@ def test_replace_unet_with_the_ema_copy(tmp_path, sd1_file):
         for key, _ in keylists.load("UNET-v1-SD")[:40]:
             ema = src.get_tensor("model_ema.diffusion_model" + key.replace(".", ""))
             assert as_bytes(result.get_tensor("model.diffusion_model." + key)) == as_bytes(ema)
+
+
+def test_each_front_end_says_what_to_do_in_its_own_words(tmp_path, sd1_file):
+    """The library says what is wrong; the CLI names its flags, the page its controls."""
+    import subprocess
+    import sys
+
+    from model_toolkit.errors import OutputExistsError
+    from model_toolkit.ui.app import guarded
+    from model_toolkit.ui.folders import ModelFolders
+    from model_toolkit.ui.session import Session
+
+    source, _ = sd1_file
+    report = subprocess.run(
+        [sys.executable, "-m", "model_toolkit", "inspect", str(source)],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "(need --fix-clip to be fixed)" in report
+    root = tmp_path / "models"
+    (root / "Stable-diffusion").mkdir(parents=True)
+    os.link(source, root / "Stable-diffusion" / "sd1.safetensors")
+    folders = ModelFolders({"checkpoint": [root / "Stable-diffusion"]})
+    session = Session(folders)
+    session.fix_clip_hint = 'need the setting "Fix broken CLIP position IDs" to be fixed'
+    session.load("Stable-diffusion/sd1.safetensors")
+    basic, _ = session.reports()
+    assert '(need the setting "Fix broken CLIP position IDs" to be fixed)' in basic
+    assert "--fix-clip" not in basic
+
+    def save_again():
+        raise OutputExistsError("model.safetensors exists")
+
+    *_, message = guarded(2)(save_again)()
+    assert message == (
+        "**Error:** model.safetensors exists; tick “Overwrite an existing file” to replace it"
+    )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from .dtypes import DType
@@ -92,18 +92,35 @@ def _float32_to_float16(wide: np.ndarray) -> np.ndarray:
     return out.view(np.float16)
 
 
+def _narrow_with_payload() -> tuple[type, ...]:
+    """The narrow types whose NaN payloads widen specially; the float8 ones only where
+    ml_dtypes is (without it, no chunk can be float8: dtypes.py says so)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return (np.float16,)
+    return (np.float16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)
+
+
+def _finfo(dtype: np.dtype) -> Any:
+    if dtype.itemsize == 1:
+        import ml_dtypes
+
+        return ml_dtypes.finfo(dtype)
+    return np.finfo(dtype)
+
+
 def _as_float32(chunk: np.ndarray) -> np.ndarray:
     """Widen (or, for float64, round) to float32 the way torch does, NaN payloads included."""
     if chunk.dtype == np.float32:
         return chunk
     with np.errstate(over="ignore", invalid="ignore"):
         wide = chunk.astype(np.float32)
-    narrow_with_payload = (np.float16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)
-    if chunk.dtype in narrow_with_payload and _has_nan(wide):
+    if chunk.dtype in _narrow_with_payload() and _has_nan(wide):
         # Re-derive each NaN from the source bits: payload moved to the top of the mantissa.
         nan = np.isnan(wide)
         src_bits = chunk.view(np.uint8 if chunk.itemsize == 1 else np.uint16)[nan].astype(np.uint32)
-        info = ml_dtypes.finfo(chunk.dtype) if chunk.itemsize == 1 else np.finfo(chunk.dtype)
+        info = _finfo(chunk.dtype)
         mant_bits = int(info.nmant)
         mant = src_bits & np.uint32((1 << mant_bits) - 1)
         sign = (src_bits >> np.uint32(chunk.itemsize * 8 - 1)) << np.uint32(31)

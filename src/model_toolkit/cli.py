@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .dtypes import PRECISIONS, precision_dtype
-from .errors import ModelToolkitError
+from .errors import MissingPartsError, ModelToolkitError, OutputExistsError
 from .formats import open_model
 from .names import component_suffix, free_name, stem_of
 from .text import printable, terminal_safe
@@ -442,7 +442,12 @@ def build(
             (cls, stack.enter_context(open_model(path)), component)
             for cls, path, component in specs
         ]
-        plan = operations.build(arch, opened, dtype, allow_partial)
+        try:
+            plan = operations.build(arch, opened, dtype, allow_partial)
+        except MissingPartsError as exc:
+            raise MissingPartsError(
+                f"{exc}: add --part CLASS=FILE for each, or --allow-partial"
+            ) from None
         paths = [path for _, path, _ in specs]
         folder = paths[0].parent if paths else Path.cwd()
         target = output or free_name(folder, arch, ".safetensors")
@@ -822,6 +827,9 @@ def main() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         app()
+    except OutputExistsError as exc:  # the library says what is wrong, we say what to do
+        error_line(f"{exc}; use --overwrite to replace it")
+        sys.exit(2)
     except ModelToolkitError as exc:
         error_line(str(exc))
         sys.exit(2)

@@ -37,8 +37,13 @@ class DType:
         import numpy as np
 
         if self.torch_name.startswith(("bfloat", "float8")):
-            import ml_dtypes
-
+            try:
+                import ml_dtypes
+            except ImportError:  # a webui whose numpy no ml_dtypes fits: the rest still works
+                raise UsageError(
+                    f"{self.name} tensors need the ml_dtypes package, which does not import "
+                    "here; install one that fits this numpy (pip install 'ml_dtypes>=0.4')"
+                ) from None
             return np.dtype(getattr(ml_dtypes, self.torch_name))
         return np.dtype(self.torch_name)
 

@@ -25,3 +25,8 @@ class OutputExistsError(ModelToolkitError):
 
 class UsageError(ModelToolkitError):
     """The request itself makes no sense (unknown precision, unknown extension, ...)."""
+
+
+class MissingPartsError(UsageError):
+    """A model to be built lacks classes its architecture needs (each front end says how to
+    give them)."""

@@ -42,7 +42,15 @@ def _ids_text(ids: list[int]) -> str:
     return ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
 
 
-def basic_report(analysis: Analysis, findings: Findings, fix_clip: bool = False) -> str:
+FIX_CLIP_HINT = "need --fix-clip to be fixed"  # the CLI's words; the web UI passes its own
+
+
+def basic_report(
+    analysis: Analysis,
+    findings: Findings,
+    fix_clip: bool = False,
+    fix_clip_hint: str = FIX_CLIP_HINT,
+) -> str:
     metric = findings.metric.string if findings.metric else "----/----/----"
     lines = [f"Report ({metric})", ""]
     detection = analysis.detection
@@ -92,7 +100,7 @@ def basic_report(analysis: Analysis, findings: Findings, fix_clip: bool = False)
         out.append("CLIP is missing its final layer.")
     for ids in (findings.broken_position_ids or {}).values():
         if ids:
-            action = "will be fixed" if fix_clip else "need --fix-clip to be fixed"
+            action = "will be fixed" if fix_clip else fix_clip_hint
             out.append(f"CLIP has broken position ids: {_ids_text(ids)} ({action}).")
     if any(cls.startswith("EMA-") for cls in analysis.components):
         out.append("EMA UNET keys have their dots removed; extracting the UNET restores them.")

@@ -63,7 +63,7 @@ def check_output(output: Path, overwrite: bool) -> None:
     if not output.parent.is_dir():
         raise UsageError(f"folder {output.parent} does not exist")
     if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} exists; use --overwrite to replace it")
+        raise OutputExistsError(f"{output} exists")
 
 
 def write_temp(
@@ -172,10 +172,10 @@ def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:
     try:
         os.link(temp, output)
     except FileExistsError:
-        raise OutputExistsError(f"{output} exists; use --overwrite to replace it") from None
+        raise OutputExistsError(f"{output} exists") from None
     except OSError:  # filesystems without hard links (FAT, some network shares)
         if output.exists():
-            raise OutputExistsError(f"{output} exists; use --overwrite to replace it") from None
+            raise OutputExistsError(f"{output} exists") from None
         os.replace(temp, output)
         return
     temp.unlink()

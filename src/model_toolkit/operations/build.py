@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..analysis import analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DType, target_dtype
-from ..errors import UsageError
+from ..errors import MissingPartsError, UsageError
 from ..plan import Plan
 from .common import (
     Source,
@@ -43,10 +43,7 @@ def build(
         raise UsageError("each class can be given once")
     missing = [cls for cls in arch.classes if cls not in given]
     if missing and not allow_partial:
-        raise UsageError(
-            f"{arch_name} also needs {', '.join(missing)}: add --part CLASS=FILE "
-            "for each, or --allow-partial"
-        )
+        raise MissingPartsError(f"{arch_name} also needs {', '.join(missing)}")
     planned = []
     steps = []
     for cls, source, component in parts:

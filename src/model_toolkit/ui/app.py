@@ -14,9 +14,24 @@ from typing import Any
 
 import gradio as gr
 
-from ..errors import ModelToolkitError
+from ..errors import ModelToolkitError, OutputExistsError
 from .folders import ModelFolders
 from .session import AUTO, UI_PRECISIONS, Session
+
+OVERWRITE = "Overwrite an existing file"
+# What the Basic report says of broken CLIP position ids the save will not fix: `mtk ui` has no
+# such switch; the webui has its setting (extension.py passes its words).
+FIX_CLIP_HINT = "mtk prune --fix-clip fixes them"
+
+
+def unavailable_note() -> str:
+    """What this environment cannot do, for the page's first line (a webui whose numpy no
+    ml_dtypes fits)."""
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        return " BF16 and FP8 are unavailable here: the ml_dtypes package does not import."
+    return ""
 
 
 def _message(text: str, error: bool = False) -> str:
@@ -32,6 +47,8 @@ def guarded(outputs_count: int) -> Callable[[Callable[..., Any]], Callable[..., 
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return handler(*args, **kwargs)
+            except OutputExistsError as exc:  # the library says what; the page says what to do
+                text = _message(f"{exc}; tick “{OVERWRITE}” to replace it", error=True)
             except ModelToolkitError as exc:
                 text = _message(str(exc), error=True)
             except OSError as exc:
@@ -63,12 +80,18 @@ class SessionHolder:
         return self.session
 
 
-def build_ui(folders: ModelFolders, fix_clip: Callable[[], bool] = lambda: False) -> gr.Blocks:
-    """The Model Toolkit page. `fix_clip` is read at each save (the webui setting)."""
+def build_ui(
+    folders: ModelFolders,
+    fix_clip: Callable[[], bool] = lambda: False,
+    fix_clip_hint: str = FIX_CLIP_HINT,
+) -> gr.Blocks:
+    """The Model Toolkit page. `fix_clip` is read at each save (the webui setting);
+    `fix_clip_hint` is what the report says when it is off."""
 
     def session_of(holder: SessionHolder) -> Session:
         session = holder.get()
         session.fix_clip = fix_clip()
+        session.fix_clip_hint = fix_clip_hint
         return session
 
     with gr.Blocks(title="Model Toolkit", analytics_enabled=False) as blocks:
@@ -80,7 +103,9 @@ def build_ui(folders: ModelFolders, fix_clip: Callable[[], bool] = lambda: False
             load = gr.Button("Load", variant="primary", elem_id="mtk-load")
             refresh = gr.Button("Refresh", elem_id="mtk-refresh")
             clear = gr.Button("Clear", elem_id="mtk-clear")
-        status = gr.Markdown("Choose a model and press Load.", elem_id="mtk-status")
+        status = gr.Markdown(
+            "Choose a model and press Load." + unavailable_note(), elem_id="mtk-status"
+        )
         with gr.Tabs():
             with gr.Tab("Basic", id="basic", elem_id="mtk-basic-tab"):
                 basic = gr.Textbox(label="Report", lines=10, interactive=False, elem_id="mtk-basic")
@@ -110,7 +135,7 @@ def build_ui(folders: ModelFolders, fix_clip: Callable[[], bool] = lambda: False
                 elem_id="mtk-precision",
             )
             name = gr.Textbox(label="Name", elem_id="mtk-name")
-            overwrite = gr.Checkbox(label="Overwrite an existing file", value=False)
+            overwrite = gr.Checkbox(label=OVERWRITE, value=False)
             save = gr.Button("Save", variant="primary", elem_id="mtk-save")
 
         def advanced_choices(session: Session) -> tuple[Any, Any, Any, Any, Any]:

@@ -17,7 +17,9 @@ from ..autoprune.layouts import Layout
 from .folders import ModelFolders
 
 SECTION = ("model-toolkit", "Model Toolkit")
+CATEGORY = "sd"  # the webui's "Stable Diffusion" settings category
 FIX_CLIP = "model_toolkit_fix_clip"
+FIX_CLIP_LABEL = "Fix broken CLIP position IDs"
 AUTOPRUNE = "model_toolkit_autoprune"
 log = logging.getLogger("model_toolkit")
 
@@ -54,19 +56,28 @@ def setting(name: str, default: bool = False) -> bool:
     return bool(getattr(shared.opts, name, default))
 
 
+def option_info(shared: Any, default: Any, label: str) -> Any:
+    """A setting in our section, in the "Stable Diffusion" category where the webui has
+    categories (1.7 and later, Forge): else 1.10 files it under "Uncategorized"."""
+    try:
+        return shared.OptionInfo(default, label, section=SECTION, category_id=CATEGORY)
+    except TypeError:  # older webuis: sections only
+        return shared.OptionInfo(default, label, section=SECTION)
+
+
 def on_ui_settings() -> None:
     from modules import shared
 
     shared.opts.add_option(
         FIX_CLIP,
-        shared.OptionInfo(False, "Fix broken CLIP position IDs", section=SECTION),
+        option_info(shared, False, FIX_CLIP_LABEL),
     )
     shared.opts.add_option(
         AUTOPRUNE,
-        shared.OptionInfo(
+        option_info(
+            shared,
             False,
             "Enable Autopruning (prune models in models/Autoprune at start-up and on Reload UI)",
-            section=SECTION,
         ),
     )
 
@@ -75,7 +86,11 @@ def on_ui_tabs() -> list[tuple[Any, str, str]]:
     from .app import build_ui
 
     folders = ModelFolders.from_layouts([webui_layout()])
-    blocks = build_ui(folders, fix_clip=lambda: setting(FIX_CLIP))
+    blocks = build_ui(
+        folders,
+        fix_clip=lambda: setting(FIX_CLIP),
+        fix_clip_hint=f'need the setting "{FIX_CLIP_LABEL}" to be fixed',
+    )
     return [(blocks, "Model Toolkit", "model_toolkit")]
 
 
@@ -88,7 +103,9 @@ def autoprune_in_background() -> threading.Thread | None:
     def run() -> None:
         try:
             for outcome in pruner.run_once():
-                log.warning(
+                done = outcome.status in ("filed", "recovered")
+                log.log(
+                    logging.INFO if done else logging.WARNING,
                     "Model Toolkit autoprune: %s: %s -> %s",
                     outcome.file,
                     outcome.status,
@@ -106,8 +123,26 @@ def on_app_started(demo: Any, app: Any) -> None:
     autoprune_in_background()
 
 
+def console_log() -> None:
+    """Our lines in the webui's console: INFO is below Python's default level, which the
+    webui keeps unless told otherwise; a handler of our own shows them without touching the
+    host's logging."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def register() -> None:
     from modules import script_callbacks
+
+    console_log()
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        log.warning("Model Toolkit: ml_dtypes does not import here; BF16 and FP8 are unavailable")
 
     script_callbacks.on_ui_settings(on_ui_settings)
     script_callbacks.on_ui_tabs(on_ui_tabs)

@@ -29,7 +29,7 @@ from ..model import ModelFile
 from ..names import component_suffix, stem_of
 from ..operations.common import Source
 from ..plan import Plan
-from ..report import Findings, advanced_report, basic_report
+from ..report import FIX_CLIP_HINT, Findings, advanced_report, basic_report
 from ..write import ProgressCallback, write_plan
 from .folders import ModelFolders, checked_name
 from .vetting import vet
@@ -68,6 +68,7 @@ class Session:
     def __init__(self, folders: ModelFolders, fix_clip: bool = False) -> None:
         self.folders = folders
         self.fix_clip = fix_clip
+        self.fix_clip_hint = FIX_CLIP_HINT  # the front end's words for "turn fixing on"
         self.lock = threading.Lock()  # one operation at a time on this session's model
         self.label: str | None = None
         self.base: Path | None = None  # the loaded file, or None for NEW
@@ -172,7 +173,7 @@ class Session:
             return text, text
         analysis = self.analysis(precision)
         findings = self.findings(analysis)
-        basic = basic_report(analysis, findings, self.fix_clip)
+        basic = basic_report(analysis, findings, self.fix_clip, self.fix_clip_hint)
         return basic, advanced_report(analysis, findings)
 
     # -- choices for the Advanced tab ----------------------------------------------------------

@@ -3,8 +3,11 @@ from types import SimpleNamespace
 
 
 class OptionInfo:
-    def __init__(self, default=None, label="", section=None):
+    """As in AUTOMATIC1111 1.10 and Forge: settings have a section and a category."""
+
+    def __init__(self, default=None, label="", section=None, category_id=None):
         self.default, self.label, self.section = default, label, section
+        self.category_id = category_id
 
 
 class Options:
