@@ -122,7 +122,7 @@ def test_existing_output_is_kept_without_overwrite(tmp_path):
     save_file({"w": torch.ones(3)}, source)
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"precious")
-    with pytest.raises(mtk.OutputExistsError, match="exists$"):
+    with pytest.raises(mtk.OutputExistsError, match=r"exists$"):
         convert_file(source, out)
     assert out.read_bytes() == b"precious"
     convert_file(source, out, overwrite=True)
