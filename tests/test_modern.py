@@ -425,3 +425,66 @@ def test_replace_the_vae_of_an_sd3_file(tmp_path):
         assert len(list(handle.keys())) == len(bare)
     with mtk.open(out) as model:
         assert mtk.analyze(model).components["VAE-v3"] == "VAE-v3-SD"
+
+
+def renamed_prefix(entries, old, new):
+    return [(new + n[len(old) :] if n.startswith(old) else n, s) for n, s in entries]
+
+
+@pytest.mark.parametrize(
+    ("target", "donor_prefix", "slot"),
+    [
+        ("flux", "first_stage_model.", "vae."),  # an SD3 file's VAE into a Flux
+        ("sd3", "vae.", "first_stage_model."),  # a Flux file's VAE into an SD3
+    ],
+)
+def test_a_replaced_part_takes_the_slot_the_target_uses(tmp_path, target, donor_prefix, slot):
+    """ComfyUI looks for a Flux VAE under vae. and an SD3 VAE under first_stage_model."""
+    from model_toolkit.operations import replace
+
+    flux = without(FLUX_AIO, "text_encoders.")
+    sd3 = without(SD3_AIO, "text_encoders.")
+    model_entries = flux if target == "flux" else sd3
+    donor_entries = renamed_prefix(sd3 if target == "flux" else flux, "vae.", "first_stage_model.")
+    donor_entries = renamed_prefix(donor_entries, "first_stage_model.", donor_prefix)
+    source = write_sparse_safetensors(tmp_path / "model.safetensors", model_entries, "BF16")
+    donor = write_sparse_safetensors(tmp_path / "donor.safetensors", donor_entries, "BF16")
+    out = tmp_path / "out.safetensors"
+    with mtk.open(source) as model, mtk.open(donor) as other:
+        mtk.write_plan(replace(model, "VAE-v3", other), out)
+    with safe_open(out, "np") as handle:
+        names = list(handle.keys())
+    assert f"{slot}decoder.conv_in.weight" in names
+    assert not any(n.startswith(donor_prefix) for n in names if slot != donor_prefix)
+    assert len(names) == len(model_entries)
+
+
+def test_a_flux_vae_in_the_wrong_slot_is_reported_and_pruning_moves_it(tmp_path):
+    misplaced = renamed_prefix(without(FLUX_AIO, "text_encoders."), "vae.", "first_stage_model.")
+    source = write_sparse_safetensors(tmp_path / "flux.safetensors", misplaced, "BF16")
+    with mtk.open(source) as model:
+        analysis = mtk.analyze(model)
+        assert analysis.architecture == "Flux-v1-Dev"
+        assert analysis.misplaced == {"VAE-v3": ("first_stage_model.", "vae.")}
+        from model_toolkit.report import Findings, basic_report
+
+        assert "VAE-v3 is under first_stage_model. where Flux-v1-Dev files keep it under vae." in (
+            basic_report(analysis, Findings())
+        )
+        plan = prune(model)
+    names = {entry.name for entry in plan.entries}
+    assert "vae.decoder.conv_in.weight" in names
+    assert not any(n.startswith("first_stage_model.") for n in names)
+
+
+def test_an_sdxl_base_given_a_bare_big_clip_puts_it_in_the_base_slot(tmp_path):
+    from model_toolkit.operations import replace
+
+    source = write_sparse_safetensors(tmp_path / "sdxl.safetensors", SDXL, "F16")
+    donor = write_sparse_safetensors(
+        tmp_path / "clip-g.safetensors", keylists.load("CLIP-XL-SD"), "F16"
+    )
+    with mtk.open(source) as model, mtk.open(donor) as other:
+        plan = replace(model, "CLIP-XL", other)
+    names = {entry.name for entry in plan.entries}
+    assert names == {name for name, _ in SDXL}

@@ -398,3 +398,23 @@ def test_each_front_end_says_what_to_do_in_its_own_words(tmp_path, sd1_file):
     assert message == (
         "**Error:** model.safetensors exists; tick “Overwrite an existing file” to replace it"
     )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "keys", "expected"),
+    [
+        ("BF16", "Flux-v1-Dev", "BF16"),  # no fp16 for a Flux: nothing to be done
+        ("F32", "Flux-v1-Dev", "BF16"),  # the type Flux weights ship in (registry.json)
+        ("F32", "VAE-v1-SD", "F16"),
+        ("F8_E4M3", "VAE-v1-SD", "F8_E4M3"),  # narrower than 16 bits: kept
+    ],
+)
+def test_auto_precision_keeps_a_narrow_float_type(tmp_path, dtype, keys, expected):
+    """prune's default, `auto`: what prune does is what inspect's sizes said."""
+    source = write_sparse_safetensors(tmp_path / "in.safetensors", seed(keys), dtype=dtype)
+    with mtk.open(source) as model:
+        plan = prune(model)
+        waste = mtk.analyze(model, mtk.precision_dtype("auto")).sizes.precision_waste
+    assert {entry.dtype.name for entry in plan.entries if entry.dtype.is_float} == {expected}
+    assert (waste == 0) == (dtype == expected)
+    assert json.loads(plan.metadata["modeltoolkit.history"])[-1]["precision"].startswith("auto")

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .architectures.detect import Detection, allowed_keys, detect
-from .architectures.registry import Key, load_registry
-from .dtypes import DTYPES, DType, target_dtype
+from .architectures.registry import Key, Registry, load_registry
+from .dtypes import DTYPES, DType, auto_precision, target_dtype
 from .model import ModelFile, TensorRef
 
 if TYPE_CHECKING:
@@ -61,6 +61,9 @@ class Analysis:
     keep_ema: bool
     precision: DType | None
     lora_ranks: list[int] = field(default_factory=list)  # the free (rank) sizes of a LoRA
+    # class -> (prefix found, prefix the architecture's files use): a part in another slot
+    # (a Flux VAE under first_stage_model.), which loaders do not find there; prune moves it.
+    misplaced: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str | None:
@@ -69,6 +72,23 @@ class Analysis:
     @property
     def components(self) -> dict[str, str]:
         return self.detection.components
+
+
+def misplaced_parts(detection: Detection, registry: Registry) -> dict[str, tuple[str, str]]:
+    """Parts of the resolved architecture found under another component's prefix than the one
+    its files use (registry `slots`), where both components have the same keys."""
+    if detection.resolved is None:
+        return {}
+    arch = registry.architectures[detection.resolved]
+    result = {}
+    for cls, slot in arch.slots.items():
+        found = detection.components.get(cls)
+        if not arch.prefixed or found is None or found == slot:
+            continue
+        have, want = registry.components[found], registry.components[slot]
+        if have.key_list == want.key_list and have.prefix != want.prefix:
+            result[cls] = (have.prefix, want.prefix)
+    return result
 
 
 def nai_rename(name: str) -> str:
@@ -93,6 +113,12 @@ def analyze(
         path, file_format = model.origin, "plan"
     shapes = {name: ref.shape for name, ref in tensors.items()}
     detection = detect(shapes, registry)
+    if precision is not None and precision.narrow_only:  # `auto`: this model's 16-bit type
+        by_dtype: dict[DType, int] = {}
+        for ref in tensors.values():
+            by_dtype[ref.dtype] = by_dtype.get(ref.dtype, 0) + ref.nbytes
+        arch = registry.architectures.get(detection.resolved or "")
+        precision = auto_precision(by_dtype, arch.precision if arch else "F16")
     allowed: set[Key] = set()
     known: set[Key] = set()
     for arch, by_class in detection.found.items():
@@ -125,6 +151,11 @@ def analyze(
             junk_size += ref.nbytes
 
     renamed = {name: new for name in kept if (new := nai_rename(name)) != name}
+    misplaced = misplaced_parts(detection, registry)
+    for found_prefix, slot_prefix in misplaced.values():
+        for name in kept:
+            if name.startswith(found_prefix):
+                renamed[name] = slot_prefix + name[len(found_prefix) :]
     position_ids = []
     if detection.resolved:
         prefixed = registry.architectures[detection.resolved].prefixed
@@ -159,4 +190,5 @@ def analyze(
         keep_ema,
         precision,
         ranks,
+        misplaced,
     )

@@ -156,7 +156,7 @@ def inspect(
     ] = False,
     precision: Annotated[
         str, typer.Option(help="The precision pruning would use, for the size estimate.")
-    ] = "fp16",
+    ] = "auto",
 ) -> None:
     """Identify a model and report what is in it, as the original toolkit's reports."""
     from .analysis import analyze
@@ -340,7 +340,7 @@ def convert(
 def prune(
     source: Annotated[Path, typer.Argument(help="The model file to prune.")],
     output: OutputOption = None,
-    precision: PrecisionOption = "fp16",
+    precision: PrecisionOption = "auto",
     keep_ema: Annotated[bool, typer.Option(help="Keep the EMA weights.")] = False,
     fix_clip: FixClipOption = False,
     drop: Annotated[
@@ -674,7 +674,7 @@ def autoprune(
     watch: Annotated[
         bool, typer.Option(help="Keep running; handle new files as they arrive.")
     ] = False,
-    precision: PrecisionOption = "fp16",
+    precision: PrecisionOption = "auto",
     keep_ema: Annotated[bool, typer.Option(help="Keep the EMA weights.")] = False,
     fix_clip: FixClipOption = False,
     dry_run: Annotated[bool, typer.Option(help="Say what would happen; change nothing.")] = False,

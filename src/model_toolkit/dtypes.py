@@ -8,7 +8,7 @@ faster without it (numpy and ml_dtypes take ~0.2 s to import).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,9 @@ class DType:
     # ml_dtypes) spells every one of these types the same way
     storage: str | None  # legacy typed storage class (torch.HalfStorage); None: untyped only
     is_float: bool
+    # As a precision: cast only floats wider than this, keep the others (`auto`). Not part of
+    # the type's identity: F16 narrowing-only is F16.
+    narrow_only: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return self.name
@@ -88,8 +91,11 @@ for alias, canonical in {
 }.items():
     BY_TORCH_NAME[alias] = BY_TORCH_NAME[canonical]
 
-# The precisions a user can ask for, in the words of the CLI.
+# The precisions a user can ask for, in the words of the CLI. `auto` (prune's default) keeps a
+# float type narrower than 32 bits and narrows the wider ones to the model's own 16-bit type:
+# a bf16 Flux stays bf16, an fp32 SD-v1 becomes fp16, an fp8 file keeps its fp8 weights.
 PRECISIONS: dict[str, str | None] = {
+    "auto": "F16",
     "keep": None,
     "fp32": "F32",
     "fp16": "F16",
@@ -100,15 +106,32 @@ PRECISIONS: dict[str, str | None] = {
 
 
 def precision_dtype(precision: str) -> DType | None:
-    """The dtype for a CLI precision word; None for `keep`."""
+    """The dtype for a CLI precision word; None for `keep`; AUTO for `auto` (resolved per
+    model by auto_precision)."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return AUTO
     name = PRECISIONS[precision]
     return DTYPES[name] if name else None
 
 
+def auto_precision(dtypes: dict[DType, int], preferred: str = "F16") -> DType:
+    """`auto` for a model whose float tensors hold these bytes per dtype: its dominant 16-bit
+    float type (else the architecture's `preferred`), narrowing only."""
+    halves = {d: n for d, n in dtypes.items() if d.is_float and d.itemsize == 2}
+    chosen = max(halves, key=halves.__getitem__) if halves else DTYPES[preferred]
+    return replace(chosen, narrow_only=True)
+
+
 def target_dtype(source: DType, precision: DType | None) -> DType:
-    """What a tensor becomes under a precision: floats are cast, everything else is kept."""
+    """What a tensor becomes under a precision: floats are cast, everything else is kept;
+    under a narrowing-only precision (`auto`), floats no wider than it are kept too."""
     if precision is None or not source.is_float:
         return source
+    if precision.narrow_only and source.itemsize <= precision.itemsize:
+        return source
     return precision
+
+
+AUTO = replace(DTYPES["F16"], narrow_only=True)  # `auto` before a model resolves it

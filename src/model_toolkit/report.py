@@ -96,6 +96,11 @@ def basic_report(
     components = set(analysis.components.values())
     if "CLIP-v1-NAI" in components:
         out.append(f"CLIP is mislabelled ({len(analysis.renamed_keys)} keys will be renamed).")
+    for cls, (found, slot) in analysis.misplaced.items():
+        out.append(
+            f"{cls} is under {found} where {analysis.architecture} files keep it under "
+            f"{slot}: loaders will not find it (pruning moves it)."
+        )
     if "CLIP-v2-WD" in components:
         out.append("CLIP is missing its final layer.")
     for ids in (findings.broken_position_ids or {}).values():

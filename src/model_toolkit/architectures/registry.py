@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, cached_property
 
 from . import keylists
@@ -107,6 +107,8 @@ class Architecture:
     optional_classes: tuple[str, ...] = ()  # kept when present (SD3/Flux text encoders)
     only: dict[str, tuple[str, ...]] | None = None  # class -> the components allowed for it
     base: str | None = None  # what a LoRA applies to
+    precision: str = "F16"  # the 16-bit type its weights are trained and shipped in (`auto`)
+    slots: dict[str, str] = field(default_factory=dict)  # class -> the component named as ours
 
     @property
     def all_classes(self) -> tuple[str, ...]:
@@ -165,6 +167,8 @@ def load_registry() -> Registry:
             tuple(spec.get("optional_classes", ())),
             {cls: tuple(names) for cls, names in spec["only"].items()} if "only" in spec else None,
             spec.get("base"),
+            spec.get("precision", "F16"),
+            dict(spec.get("slots", {})),
         )
         for name, spec in raw["architectures"].items()
     }

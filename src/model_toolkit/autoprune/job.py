@@ -26,7 +26,7 @@ from typing import Any
 
 from ..analysis import analyze
 from ..architectures.registry import load_registry
-from ..dtypes import DTYPES, DType
+from ..dtypes import AUTO, DType
 from ..errors import ModelToolkitError, UsageError
 from ..formats import open_model
 from ..names import free_name, is_model_name, stem_of
@@ -47,7 +47,7 @@ Progress = Callable[[str, int, int], None]  # (file name, bytes written, total b
 
 @dataclass
 class Options:
-    precision: DType | None = DTYPES["F16"]
+    precision: DType | None = AUTO  # a bf16 Flux stays bf16; fp32 becomes the model's 16-bit
     keep_ema: bool = False
     fix_clip: bool = False
     dry_run: bool = False

@@ -15,6 +15,7 @@ from .common import (
     find_component,
     origin_of,
     record,
+    slot_prefix,
     source_name,
 )
 
@@ -50,7 +51,7 @@ def build(
         name = source_name(source)
         analysis = analyze(source)
         found = find_component(analysis, cls, component, name)
-        prefix = found.output_component.prefix if arch.prefixed else ""
+        prefix = slot_prefix(arch, cls, found.output_component)
         for key, entry in component_entries(found, analysis, entries_of(source)):
             planned.append(
                 entry.renamed(prefix + key).cast_to(target_dtype(entry.dtype, precision))

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..analysis import Analysis
 from ..architectures.detect import resolve_class
-from ..architectures.registry import Component, load_registry
+from ..architectures.registry import Architecture, Component, load_registry
 from ..dtypes import DTYPES, PRECISIONS, DType, target_dtype
 from ..errors import UsageError
 from ..model import ModelFile, TensorRef
@@ -148,4 +148,14 @@ def record(metadata: dict[str, object], operation: dict[str, object]) -> dict[st
 def precision_name(precision: DType | None) -> str:
     if precision is None:
         return "keep"
-    return next(word for word, name in PRECISIONS.items() if name == precision.name)
+    word = next(w for w, n in PRECISIONS.items() if n == precision.name and w != "auto")
+    return f"auto ({word})" if precision.narrow_only else word
+
+
+def slot_prefix(arch: Architecture, cls: str, incoming: Component) -> str:
+    """The prefix a part of `cls` takes in a file of `arch`: its slot's (a Flux VAE goes
+    under `vae.` wherever it came from), else the incoming component's own."""
+    if not arch.prefixed:
+        return ""
+    slot = arch.slots.get(cls)
+    return load_registry().components[slot].prefix if slot else incoming.prefix

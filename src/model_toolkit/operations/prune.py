@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from ..analysis import analyze, nai_rename
+from ..analysis import analyze
 from ..architectures.detect import allowed_keys
 from ..architectures.registry import load_registry
-from ..dtypes import DTYPES, DType
+from ..dtypes import AUTO, DTYPES, DType
 from ..errors import UsageError
 from ..plan import Plan
 from .common import Source, entries_of, finish, origin_of, precision_name, record, source_name
 
-FP16 = DTYPES["F16"]
+FP16 = DTYPES["F16"]  # what `precision=` meant before `auto` (kept for the Python API's users)
 
 
 def prune(
     source: Source,
-    precision: DType | None = FP16,
+    precision: DType | None = AUTO,
     keep_ema: bool = False,
     fix_clip: bool = False,
     drop: tuple[str, ...] = (),
@@ -64,14 +64,16 @@ def prune(
     entries = entries_of(source)
     position_ids = set(analysis.position_ids)
     planned = [
-        finish(entry, nai_rename(n), precision, n in position_ids, fix_clip)
+        finish(
+            entry, analysis.renamed_keys.get(n, n), analysis.precision, n in position_ids, fix_clip
+        )
         for n, entry in entries.items()
         if n in kept
     ]
     operation = {
         "op": "prune",
         "architecture": arch,
-        "precision": precision_name(precision),
+        "precision": precision_name(analysis.precision),
         "keep_ema": keep_ema,
         "fix_clip": fix_clip,
         "dropped": list(drop),

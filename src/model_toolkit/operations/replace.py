@@ -15,6 +15,7 @@ from .common import (
     find_component,
     origin_of,
     record,
+    slot_prefix,
     source_name,
 )
 
@@ -53,7 +54,7 @@ def replace(
         for name, entry in entries_of(target).items()
         if target_analysis.detection.keys[name] not in old
     ]
-    prefix = incoming.prefix if arch.prefixed else ""
+    prefix = slot_prefix(arch, cls, incoming)
     added = [
         entry.renamed(prefix + key)
         for key, entry in component_entries(found, source_analysis, entries_of(source))
