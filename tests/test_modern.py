@@ -488,3 +488,55 @@ def test_an_sdxl_base_given_a_bare_big_clip_puts_it_in_the_base_slot(tmp_path):
         plan = replace(model, "CLIP-XL", other)
     names = {entry.name for entry in plan.entries}
     assert names == {name for name, _ in SDXL}
+
+
+def test_extracted_text_encoders_are_named_by_class_and_a_bare_unet_keeps_the_markers(tmp_path):
+    import subprocess
+    import sys
+
+    from model_toolkit.names import component_suffix
+
+    assert [component_suffix(c) for c in ("CLIP-XL", "CLIP-XL-AUX", "T5-XXL", "CLIP-v1")] == [
+        "clip_g",
+        "clip_l",
+        "t5xxl",
+        "clip",
+    ]
+    entries = [*SDXL, ("v_pred", ()), ("ztsnr", ())]
+    source = write_sparse_safetensors(tmp_path / "noob.safetensors", entries, "F16")
+    with mtk.open(source) as model:
+        plan = extract(model, "UNET-XL")
+    assert plan.metadata["modelspec.prediction_type"] == "v"
+    assert plan.metadata["modeltoolkit.markers"] == "v_pred, ztsnr"
+    out = tmp_path / "pruned.safetensors"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model_toolkit",
+            "prune",
+            str(source),
+            "-o",
+            str(out),
+            "--modelspec",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    with safe_open(out, "np") as handle:
+        assert handle.metadata()["modelspec.prediction_type"] == "v"
+
+
+def test_a_replaced_part_follows_the_models_precision_unless_asked(tmp_path):
+    from model_toolkit.operations import replace
+
+    bare = without(SD3_AIO, "text_encoders.")
+    source = write_sparse_safetensors(tmp_path / "sd3.safetensors", bare, "F16")
+    donor = write_sparse_safetensors(tmp_path / "ae.safetensors", keylists.load("VAE-v3-SD"), "F32")
+    with mtk.open(source) as model, mtk.open(donor) as other:
+        followed = replace(model, "VAE-v3", other)
+        asked = replace(model, "VAE-v3", other, None, mtk.precision_dtype("fp32"))
+    assert {e.dtype.name for e in followed.entries if e.dtype.is_float} == {"F16"}
+    vae = [e for e in asked.entries if e.name.startswith("first_stage_model.")]
+    assert {e.dtype.name for e in vae} == {"F32"}

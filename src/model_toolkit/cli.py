@@ -284,7 +284,7 @@ def _with_modelspec(plan: "Plan", output: Path) -> "tuple[Plan, Callable[[Path],
 
     if output.suffix.lower() != ".safetensors":
         raise ModelToolkitError("--modelspec needs a .safetensors output")
-    fields = modelspec_fields(analyze(plan), stem_of(output.name))
+    fields = modelspec_fields(analyze(plan), stem_of(output.name), plan.metadata)
     hashing = DataHashingPlan(Plan(plan.entries, {**plan.metadata, **fields}, plan.origin))
     hashing.warnings = plan.warnings
     return hashing, partial(patch_data_hash, plan=hashing)

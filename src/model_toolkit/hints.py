@@ -30,6 +30,30 @@ METADATA_KEYS = (
     "ss_v2",
     "ss_v_parameterization",
 )
+# What ModelSpec's prediction_type is when a marker key says it.
+MARKER_PREDICTION = {"v_pred": "v", "edm_vpred.sigma_max": "v", "edm_vpred.sigma_min": "v"}
+
+
+def prediction_type(names: Any, metadata: dict[str, Any]) -> str | None:
+    """ModelSpec's `prediction_type` ("v", "epsilon") where the file says it: its own
+    ModelSpec field, a marker key (SDXL `v_pred`), or kohya's `ss_v_parameterization`.
+    None where only a guess could say it (keys alone never tell)."""
+    stated = metadata.get("modelspec.prediction_type")
+    if isinstance(stated, str) and stated:
+        return stated
+    for key, value in MARKER_PREDICTION.items():
+        if key in names:
+            return value
+    if str(metadata.get("ss_v_parameterization", "")).lower() == "true":
+        return "v"
+    return None
+
+
+def markers_in(names: Any) -> list[str]:
+    """The marker keys a file has (ComfyUI and reForge read them in SDXL files)."""
+    return [key for key in MARKERS if key in names]
+
+
 # diffusers and InvokeAI guess SD-v2's prediction from the training step it was saved at.
 STEP_GUESSES = {875000: "epsilon", 220000: "epsilon", 110000: "v-prediction"}
 

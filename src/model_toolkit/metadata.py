@@ -93,10 +93,17 @@ def edited(metadata: dict[str, Any], sets: dict[str, str], removes: list[str]) -
     return result
 
 
-def modelspec_fields(analysis: Analysis, title: str) -> dict[str, str]:
-    """The ModelSpec fields the identification supports (the hash is a placeholder until the
-    data is written; see write_with_data_hash)."""
+def modelspec_fields(
+    analysis: Analysis, title: str, metadata: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The ModelSpec fields the identification and the file's own metadata support (the hash
+    is a placeholder until the data is written; see write_with_data_hash)."""
+    from .hints import prediction_type
+
     fields = {"modelspec.sai_model_spec": "1.0.0", "modelspec.title": title}
+    prediction = prediction_type(analysis.tensors, metadata or {})
+    if prediction:
+        fields["modelspec.prediction_type"] = prediction
     arch = analysis.architecture
     spec = load_registry().architectures[arch].modelspec if arch else None
     if spec:

@@ -37,8 +37,23 @@ COMPONENT_SUFFIX = {
 }
 
 
+# Text encoders of models that have several are named by which one they are, in the words of
+# ComfyUI's text_encoders/ files (clip_l, clip_g, t5xxl): else SDXL's two would be `.clip`
+# and `.clip(1)`.
+CLASS_SUFFIX = {
+    "CLIP-XL": "clip_g",
+    "CLIP-XL-AUX": "clip_l",
+    "CLIP-L": "clip_l",
+    "CLIP-G": "clip_g",
+    "T5-XXL": "t5xxl",
+}
+
+
 def component_suffix(cls: str) -> str:
-    """`VAE-v1` -> `vae`; a class without a short word keeps its name, lowercased."""
+    """`VAE-v1` -> `vae`, `CLIP-XL-AUX` -> `clip_l`; a class without a short word keeps its
+    name, lowercased."""
+    if cls in CLASS_SUFFIX:
+        return CLASS_SUFFIX[cls]
     return COMPONENT_SUFFIX.get(cls.split("-")[0], cls.lower())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..analysis import analyze
 from ..dtypes import DType
+from ..hints import markers_in, prediction_type
 from ..plan import Plan
 from .common import (
     Source,
@@ -44,4 +45,12 @@ def extract(
         "precision": precision_name(precision),
         "from": name,
     }
-    return Plan(planned, record(source.metadata, operation), origin_of(source))
+    metadata = record(source.metadata, operation)
+    markers = markers_in(analysis.tensors)
+    if found.component.cls.startswith(("UNET", "EMA-UNET")) and markers:
+        # A bare UNET loses the checkpoint's marker keys: say in its metadata what they said.
+        metadata["modeltoolkit.markers"] = ", ".join(markers)
+        prediction = prediction_type(analysis.tensors, source.metadata)
+        if prediction:
+            metadata["modelspec.prediction_type"] = prediction
+    return Plan(planned, metadata, origin_of(source))

@@ -20,6 +20,15 @@ from .common import (
 )
 
 
+def dominant_float(entries: list) -> DType | None:
+    """The float type holding the most bytes among `entries` (None: no floats)."""
+    sizes: dict[DType, int] = {}
+    for entry in entries:
+        if entry.dtype.is_float:
+            sizes[entry.dtype] = sizes.get(entry.dtype, 0) + entry.nbytes
+    return max(sizes, key=sizes.__getitem__) if sizes else None
+
+
 def replace(
     target: Source,
     cls: str,
@@ -28,7 +37,8 @@ def replace(
     precision: DType | None = None,
 ) -> Plan:
     """The original's Import: every tensor of `target`'s class `cls` removed, the component of
-    that class from `source` added under the names `target`'s architecture uses."""
+    that class from `source` added under the names `target`'s architecture uses, in the float
+    type of the part it replaces (or of the model) unless `precision` says otherwise."""
     check_class(cls)
     registry = load_registry()
     target_name, source_name_ = source_name(target), source_name(source)
@@ -49,16 +59,27 @@ def replace(
     for spec in registry.components.values():
         if spec.cls == cls:
             old |= spec.keyset(arch.prefixed)
+    target_entries = entries_of(target)
     kept = [
         entry
-        for name, entry in entries_of(target).items()
+        for name, entry in target_entries.items()
         if target_analysis.detection.keys[name] not in old
+    ]
+    old_entries = [
+        entry
+        for name, entry in target_entries.items()
+        if target_analysis.detection.keys[name] in old
     ]
     prefix = slot_prefix(arch, cls, incoming)
     added = [
         entry.renamed(prefix + key)
         for key, entry in component_entries(found, source_analysis, entries_of(source))
     ]
+    if precision is None:
+        # Unless asked, the new part follows the model it goes into: an fp32 VAE put into an
+        # fp16 model comes out fp16, as the part it replaces was.
+        incoming_precision = dominant_float(old_entries or kept)
+        added = [e.cast_to(target_dtype(e.dtype, incoming_precision)) for e in added]
     planned = [e.cast_to(target_dtype(e.dtype, precision)) for e in kept + added]
     operation = {
         "op": "replace",
