@@ -540,3 +540,20 @@ def test_a_replaced_part_follows_the_models_precision_unless_asked(tmp_path):
     assert {e.dtype.name for e in followed.entries if e.dtype.is_float} == {"F16"}
     vae = [e for e in asked.entries if e.name.startswith("first_stage_model.")]
     assert {e.dtype.name for e in vae} == {"F32"}
+
+
+@pytest.mark.parametrize(
+    ("cls", "expected"), [("CLIP-XL-AUX", "CLIP-L-SD"), ("CLIP-XL", "CLIP-XL-SD")]
+)
+def test_sdxl_text_encoders_come_out_as_their_loaders_name_them(tmp_path, cls, expected):
+    """CLIP-L keys start with `text_model.` (ComfyUI's detect_te_model looks for
+    `text_model.encoder.layers.0.mlp.fc1.weight`); bigG keeps OpenCLIP's names, which
+    ComfyUI converts itself."""
+    source = write_sparse_safetensors(tmp_path / "sdxl.safetensors", SDXL, "F16")
+    with mtk.open(source) as model:
+        plan = extract(model, cls)
+    names = {entry.name for entry in plan.entries}
+    spec = keylists.load(expected)
+    assert names == {name for name, _ in spec} - {"text_projection.weight"}
+    if cls == "CLIP-XL-AUX":
+        assert "text_model.encoder.layers.0.mlp.fc1.weight" in names

@@ -209,16 +209,25 @@ def test_extract_ema_unet_restores_the_dots(tmp_path, sd1_file):
 
 
 def test_extract_nai_clip_comes_out_standard(tmp_path, sd1_file):
+    """A CLIP-L file as ComfyUI's CLIP loader and transformers name it: `text_model.` + the
+    standard keys, no position ids (neither keeps them); it imports back with them."""
     source, _ = sd1_file
     with mtk.open(source) as model:
         out = mtk.write_plan(
             extract(model, "CLIP-v1", precision=mtk.precision_dtype("fp16")),
             tmp_path / "clip.safetensors",
         )
-    expected = reference_prune(
-        source, [NAI + k for k, _ in keylists.load("CLIP-v1-SD")], lambda n: n[len(NAI) :]
-    )
+    clip = [NAI + k for k, _ in keylists.load("CLIP-v1-SD") if k != "embeddings.position_ids"]
+    expected = reference_prune(source, clip, lambda n: "text_model." + n[len(NAI) :])
     assert_file_equals(out, expected)
+    with mtk.open(out) as extracted:
+        assert mtk.analyze(extracted).architecture == "CLIP-L"
+        with mtk.open(source) as model:
+            plan = replace(model, "CLIP-v1", extracted)
+    names = {entry.name for entry in plan.entries}
+    assert STD + "embeddings.position_ids" in names
+    assert STD + "embeddings.token_embedding.weight" in names
+    assert mtk.analyze(plan).components["CLIP-v1"] == "CLIP-v1-SD"
 
 
 def test_replace_vae_from_a_full_model_then_prune_reads_each_tensor_once(

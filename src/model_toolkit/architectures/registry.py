@@ -33,6 +33,10 @@ class Component:
     optional_names: frozenset[str] = frozenset()  # keys it may lack
     ema_of: str | None = None  # an EMA copy: the component it copies, keys without their dots
     subset: bool = False  # found from any of its keys (a LoRA trains some modules, not all)
+    # How a file of this component alone is named where users load it: (the component whose
+    # keys it then has, the prefix its keys get). SD-v1's CLIP is written as a CLIP-L file
+    # (`text_model.` + keys), as ComfyUI's CLIP loader and transformers expect it.
+    standalone: tuple[str, str] | None = None
 
     @cached_property
     def keys(self) -> frozenset[Key]:
@@ -124,6 +128,9 @@ class Registry:
     architectures: dict[str, Architecture]
     preferred: tuple[str, ...]  # chosen first, in this order, when found
     known: dict[str, dict[str, int]]  # metric values of known components, by part
+    # component -> {class it can stand in for: (the component it then is, prefix to remove)}:
+    # a CLIP-L file imported as SD-v1's CLIP (the inverse of Component.standalone).
+    serving: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
     def classes_of(self, names: set[str]) -> dict[str, list[str]]:
         result: dict[str, list[str]] = {}
@@ -150,6 +157,7 @@ def load_registry() -> Registry:
             frozenset(spec.get("optional", [])),
             spec.get("ema_of"),
             spec.get("subset", False),
+            tuple(spec["standalone"]) if "standalone" in spec else None,  # type: ignore[arg-type]
         )
         for name, spec in raw["components"].items()
     }
@@ -172,4 +180,9 @@ def load_registry() -> Registry:
         )
         for name, spec in raw["architectures"].items()
     }
-    return Registry(components, architectures, tuple(raw["preferred"]), raw["known"])
+    serving: dict[str, dict[str, tuple[str, str]]] = {}
+    for name, component in components.items():
+        if component.standalone:
+            other, prefix = component.standalone
+            serving.setdefault(other, {}).setdefault(component.cls, (name, prefix))
+    return Registry(components, architectures, tuple(raw["preferred"]), raw["known"], serving)

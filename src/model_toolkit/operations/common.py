@@ -7,6 +7,7 @@ operations compose without reading a tensor: only the final write does.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,17 @@ class Found:
 
     component: Component
     prefixed: bool  # its keys carry the component's prefix in the source
+    # Standing in for another class's component (registry `serving`): (that component, the
+    # key prefix to remove). A CLIP-L file imported as SD-v1's CLIP.
+    serving: tuple[str, str] | None = None
 
     @property
     def output_component(self) -> Component:
-        """An EMA copy comes out as the component it copies (keys with dots)."""
+        """An EMA copy comes out as the component it copies (keys with dots); a stand-in as
+        the component it stands in for."""
         registry = load_registry()
+        if self.serving:
+            return registry.components[self.serving[0]]
         return registry.components[self.component.ema_of or self.component.name]
 
 
@@ -86,6 +93,14 @@ def find_component(analysis: Analysis, cls: str, component: str | None, name: st
             if found_cls == cls:
                 chosen = resolve_class(members, registry)[0]
                 return Found(registry.components[chosen], prefixed)
+    if component is None:  # a file of another class that can stand in for this one
+        for arch in order:
+            for members in detection.found[arch].values():
+                for member in members:
+                    if cls in registry.serving.get(member, {}):
+                        prefixed = registry.architectures[arch].prefixed
+                        serving = registry.serving[member][cls]
+                        return Found(registry.components[member], prefixed, serving)
     wanted = component or cls
     raise UsageError(f"{name} does not contain a {wanted}")
 
@@ -103,12 +118,39 @@ def component_entries(
     dotted = {}
     if component.ema_of:
         dotted = {k.replace(".", ""): k for k, _ in found.output_component.keys}
+    strip = found.serving[1] if found.serving else ""
     result = []
     for name, entry in entries.items():
         if name in wanted and analysis.detection.keys[name] == (name, wanted[name][1]):
             key = wanted[name][0]
+            if strip and key.startswith(strip):
+                key = key[len(strip) :]
             result.append((dotted.get(key, key), entry))
+    if found.serving:
+        # What the stand-in's naming leaves out and the class's own keeps: CLIP position ids.
+        names = {key for key, _ in result}
+        for key, shape in found.output_component.keys:
+            if key == POSITION_IDS and key not in names:
+                ids = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+                ref = TensorRef.from_array(key, ids, DTYPES["I64"])
+                result.append((key, PlanEntry(key, ref, DTYPES["I64"])))
     return result
+
+
+def standalone_entries(
+    found: Found, pairs: list[tuple[str, PlanEntry]]
+) -> list[tuple[str, PlanEntry]]:
+    """A component's (key, entry) pairs renamed as a file of it alone is named where users
+    load it (registry `standalone`), keys that naming does not have left out."""
+    spec = found.output_component.standalone
+    if spec is None:
+        return pairs
+    other, prefix = spec
+    allowed = {name for name, _ in load_registry().components[other].keys}
+    return [(prefix + key, entry) for key, entry in pairs if prefix + key in allowed]
+
+
+POSITION_IDS = "embeddings.position_ids"
 
 
 def position_ids_entry(entry: PlanEntry, fix_clip: bool) -> PlanEntry:

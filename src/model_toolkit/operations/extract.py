@@ -16,6 +16,7 @@ from .common import (
     precision_name,
     record,
     source_name,
+    standalone_entries,
 )
 
 POSITION_IDS = "embeddings.position_ids"
@@ -34,9 +35,10 @@ def extract(
     analysis = analyze(source)
     found = find_component(analysis, cls, component, name)
     entries = entries_of(source)
+    pairs = standalone_entries(found, component_entries(found, analysis, entries))
     planned = [
-        finish(entry, key, precision, key == POSITION_IDS, fix_clip)
-        for key, entry in component_entries(found, analysis, entries)
+        finish(entry, key, precision, key.endswith(POSITION_IDS), fix_clip)
+        for key, entry in pairs
     ]
     operation = {
         "op": "extract",

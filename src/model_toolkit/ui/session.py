@@ -202,11 +202,15 @@ class Session:
 
     def import_candidates(self, cls: str) -> list[str]:
         """Files in the model folders that contain a component of `cls` (full models too)."""
+        serving = load_registry().serving
         result = []
         for label, path in self.folders.list_files().items():
-            found = self._header(path)
-            if found is not None and any(cls in by_class for by_class in found.values()):
-                result.append(label)
+            found = self._header(path) or {}
+            for by_class in found.values():
+                members = [m for ms in by_class.values() for m in ms]
+                if cls in by_class or any(cls in serving.get(m, {}) for m in members):
+                    result.append(label)  # its own class, or a file that stands in for it
+                    break
         return result
 
     def _header(self, path: Path) -> dict[str, dict[str, list[str]]] | None:
