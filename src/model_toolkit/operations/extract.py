@@ -32,7 +32,8 @@ def extract(
     """The original's Export: the component of class `cls` (the best one, or the named one),
     keys without prefix. An EMA UNET comes out as a normal UNET, its keys' dots restored."""
     name = source_name(source)
-    analysis = analyze(source)
+    analysis = analyze(source, precision)
+    precision = analysis.precision  # `auto` resolved for this model
     found = find_component(analysis, cls, component, name)
     entries = entries_of(source)
     pairs = standalone_entries(found, component_entries(found, analysis, entries))

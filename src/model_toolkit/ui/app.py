@@ -131,7 +131,7 @@ def build_ui(
             precision = gr.Dropdown(
                 label="Precision",
                 choices=list(UI_PRECISIONS),
-                value="FP16",
+                value="Auto",
                 elem_id="mtk-precision",
             )
             name = gr.Textbox(label="Name", elem_id="mtk-name")

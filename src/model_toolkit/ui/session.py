@@ -36,7 +36,14 @@ from .vetting import vet
 
 NEW_PREFIX = "NEW "
 AUTO = "auto"
-UI_PRECISIONS = {"FP16": "fp16", "FP32": "fp32", "BF16": "bf16", "FP8": "fp8_e4m3fn"}
+# "Auto" first: a bf16 Flux stays bf16, an fp32 SD model becomes fp16 (as `mtk prune`).
+UI_PRECISIONS = {
+    "Auto": "auto",
+    "FP16": "fp16",
+    "FP32": "fp32",
+    "BF16": "bf16",
+    "FP8": "fp8_e4m3fn",
+}
 
 
 def ui_precision(label: str) -> DType | None:
@@ -141,7 +148,7 @@ class Session:
             source = operations.replace(source, part.cls, self._open(part.path), part.component)
         return source
 
-    def analysis(self, precision: str = "FP16") -> Analysis:
+    def analysis(self, precision: str = "Auto") -> Analysis:
         """The model's analysis; one per state and precision (the page asks for it several
         times for one click: reports, architectures, components)."""
         if precision not in self._analyses:
@@ -166,7 +173,7 @@ class Session:
             )
         return self._findings
 
-    def reports(self, precision: str = "FP16") -> tuple[str, str]:
+    def reports(self, precision: str = "Auto") -> tuple[str, str]:
         """(basic, advanced) reports, in the original's words."""
         if self.new_arch is not None and not self.parts:
             text = f"NEW {self.new_arch}: import its components (Advanced tab).\n"
@@ -258,7 +265,7 @@ class Session:
     def save(
         self,
         name: str,
-        precision: str = "FP16",
+        precision: str = "Auto",
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
     ) -> Path:
@@ -273,7 +280,7 @@ class Session:
         cls: str,
         component: str = AUTO,
         name: str = "",
-        precision: str = "FP16",
+        precision: str = "Auto",
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
     ) -> Path:
