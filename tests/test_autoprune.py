@@ -411,6 +411,7 @@ def run_killed_at_step(models: Path, step: int) -> bool:
     return os.WIFSIGNALED(status)
 
 
+@pytest.mark.slow
 def test_killed_before_every_filesystem_step_nothing_is_lost(tmp_path):
     """Deterministic: a crash before each single step of a run, every step in turn."""
     inputs, expected, _ = reference_run(tmp_path / "reference", small_inbox)
@@ -427,6 +428,7 @@ def test_killed_before_every_filesystem_step_nothing_is_lost(tmp_path):
     assert step > 30  # each file's steps were crash points
 
 
+@pytest.mark.slow
 def test_killed_at_any_moment_nothing_is_lost(tmp_path):
     """Real `mtk` processes, SIGKILLed at moments spread over a run on real-sized files."""
     inputs, expected, duration = reference_run(tmp_path / "reference", crash_inbox)
