@@ -180,6 +180,24 @@ def peak_rss_kib(plan_expression: str, source, output) -> int:
     return int(run_python(script, source, output))
 
 
+def run_mtk(*args, cwd=None, timeout: float = 300, check: bool = False):
+    """`mtk ARGS` as a user runs it, in a fresh process: the CompletedProcess (text output).
+    With `check`, it must succeed. The one way the tests run the command."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "model_toolkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
 @contextmanager
 def running_ui(root: Path):
     """`mtk ui --models-dir root` on a free port of 127.0.0.1, until the block ends: its port."""

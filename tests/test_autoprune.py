@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import as_bytes, key_list, with_prefix, write_sparse_safetensors
+from conftest import as_bytes, key_list, run_mtk, with_prefix, write_sparse_safetensors
 from model_toolkit.architectures import keylists
 from model_toolkit.autoprune import Autopruner, Options, make_layout, watch
 from model_toolkit.errors import UsageError
@@ -28,13 +28,7 @@ from model_toolkit.errors import UsageError
 SD1 = key_list("Checkpoint-SD1-LDM")
 
 
-def mtk(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "model_toolkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+mtk = run_mtk
 
 
 def component(name, rank=4):

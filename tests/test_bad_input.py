@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -16,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import model_toolkit as mtk
+from conftest import run_mtk
 
 
 @pytest.fixture
@@ -175,13 +174,7 @@ def test_corrupted_checkpoint_bytes(tmp_path, good_ckpt, position, garbage):
         pass
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "model_toolkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+run_cli = run_mtk
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04broken", b"\x10" + b"\0" * 7])

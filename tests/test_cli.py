@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,19 +10,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import model_toolkit as mtk
-from conftest import run_python
+from conftest import run_mtk, run_python
 
 IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 
 
-def mtk_run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "model_toolkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
+mtk_run = run_mtk
 
 
 def test_version():

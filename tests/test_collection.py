@@ -9,7 +9,6 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import as_bytes, key_list, write_sparse_safetensors
+from conftest import as_bytes, key_list, run_mtk, write_sparse_safetensors
 from model_toolkit.architectures import keylists
 from model_toolkit.library import Library, scan_file
 
@@ -31,15 +30,7 @@ SD1 = key_list("Checkpoint-SD1-LDM")
 
 
 def mtk(*args, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_mtk(*args, check=check, timeout=600)
 
 
 # -- hashes -------------------------------------------------------------------------------

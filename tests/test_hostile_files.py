@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import model_toolkit as mtk
-from conftest import PRINT_PEAK_RSS_KIB, run_python
+from conftest import PRINT_PEAK_RSS_KIB, run_mtk, run_python
 from model_toolkit.formats import pickle_scan, unpickler
 from model_toolkit.formats.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION
 from model_toolkit.model import Storage, TensorRef
@@ -96,13 +96,7 @@ def proven_live(path: Path, sentinel: Path) -> None:
     sentinel.unlink()
 
 
-def mtk_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "model_toolkit", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+mtk_cli = run_mtk
 
 
 def payload(sentinel: Path) -> Reduce:

@@ -8,13 +8,11 @@ checkpoints use.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import model_toolkit as mtk
-from conftest import key_list, shapes_of, with_prefix, write_sparse_safetensors
+from conftest import key_list, run_mtk, shapes_of, with_prefix, write_sparse_safetensors
 from model_toolkit.analysis import analyze
 from model_toolkit.architectures import keylists
 from model_toolkit.architectures.detect import detect
@@ -221,14 +219,7 @@ def test_float64_wastes_three_quarters(tmp_path):
 
 def inspect_text(*args):
     """`mtk inspect ARGS` as a user runs it: its standard output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return run_mtk("inspect", *args, check=True).stdout
 
 
 def mtk_json(*args):

@@ -14,7 +14,14 @@ import torch
 from safetensors import safe_open
 
 import model_toolkit as mtk
-from conftest import as_bytes, key_list, peak_rss_kib, with_prefix, write_sparse_safetensors
+from conftest import (
+    as_bytes,
+    key_list,
+    peak_rss_kib,
+    run_mtk,
+    with_prefix,
+    write_sparse_safetensors,
+)
 from model_toolkit.architectures import keylists
 from model_toolkit.operations import build, extract, prune, replace
 
@@ -283,14 +290,7 @@ def test_build_sd1_from_parts(tmp_path, sd1_file):
     assert_file_equals(out, expected)
 
 
-def mtk_cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "model_toolkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+mtk_cli = run_mtk
 
 
 @pytest.mark.parametrize(

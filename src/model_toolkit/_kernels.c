@@ -5,7 +5,7 @@
  * ml_dtypes converts to float8 at ~10 ns an element, and neither writes NaN bits the way torch
  * does; pruning a 1G-parameter checkpoint to fp16 then costs seconds of CPU per core, more than
  * reading and writing its bytes. These loops give torch 2.13's bits (c10's conversions, NaN
- * payloads included; see dtypes.py) at well under 1 ns an element, and release the GIL so that
+ * payloads included; see casting.py) at well under 1 ns an element, and release the GIL so that
  * casting runs on all cores while the main thread reads and writes.
  *
  * The package works without this module (pure numpy, same bits, slower): it is an optional

@@ -1,4 +1,5 @@
-"""The `mtk` command: arguments and presentation only; the work is done by the library.
+"""The `mtk` command: arguments, presentation, and the CLI's words for the library's errors
+(its flags); the work is done by the library.
 
 No `from __future__ import annotations` here: typer would evaluate every option's annotation
 string at each start (200+ compile() calls, ~30 ms).
@@ -15,7 +16,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .dtypes import PRECISIONS, precision_dtype
-from .errors import MissingPartsError, ModelToolkitError, OutputExistsError
+from .errors import (
+    MissingPartsError,
+    ModelToolkitError,
+    OutputExistsError,
+    UnknownLayoutError,
+)
 from .formats import open_model
 from .names import component_suffix, free_name, stem_of
 from .text import printable, terminal_safe
@@ -829,6 +835,9 @@ def main() -> None:
         app()
     except OutputExistsError as exc:  # the library says what is wrong, we say what to do
         error_line(f"{exc}; use --overwrite to replace it")
+        sys.exit(2)
+    except UnknownLayoutError as exc:
+        error_line(f"{exc}; use --layout")
         sys.exit(2)
     except ModelToolkitError as exc:
         error_line(str(exc))

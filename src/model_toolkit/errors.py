@@ -30,3 +30,8 @@ class UsageError(ModelToolkitError):
 class MissingPartsError(UsageError):
     """A model to be built lacks classes its architecture needs (each front end says how to
     give them)."""
+
+
+class UnknownLayoutError(UsageError):
+    """A models folder whose layout (AUTOMATIC1111's or ComfyUI's) cannot be told from its
+    folders (each front end says how to name it)."""

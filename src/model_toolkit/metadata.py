@@ -97,7 +97,7 @@ def modelspec_fields(
     analysis: Analysis, title: str, metadata: dict[str, Any] | None = None
 ) -> dict[str, str]:
     """The ModelSpec fields the identification and the file's own metadata support (the hash
-    is a placeholder until the data is written; see write_with_data_hash)."""
+    is a placeholder until the data is written; see patch_data_hash)."""
     from .hints import prediction_type
 
     fields = {"modelspec.sai_model_spec": "1.0.0", "modelspec.title": title}

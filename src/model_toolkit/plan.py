@@ -1,7 +1,7 @@
 """Plan: what an output file will contain, decided before any tensor is touched.
 
-Every operation (convert now; prune, extract, replace, build later) is a function that returns a
-Plan, so operations compose by transforming plans, and the writers in `formats/` execute one.
+Every operation (convert, prune, extract, replace, build) is a function that returns a Plan, so
+operations compose by transforming plans, and the writers in `formats/` execute one.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UnknownLayoutError, UsageError
 
 # The kinds an architecture can have in registry.json, and where each layout keeps them. The
 # first folder of a list is used; the others are older names a user's tree may have instead.
@@ -62,8 +62,8 @@ def recognise(root: Path) -> str:
     if comfyui and not a1111:
         return "comfyui"
     found = "both a Stable-diffusion/ and" if a1111 else "neither a Stable-diffusion/ nor"
-    raise UsageError(
-        f"cannot tell the layout of {root}: it has {found} a checkpoints/ folder; use --layout"
+    raise UnknownLayoutError(
+        f"cannot tell the layout of {root}: it has {found} a checkpoints/ folder"
     )
 
 
