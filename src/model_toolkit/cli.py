@@ -23,7 +23,7 @@ from .errors import (
     UnknownLayoutError,
 )
 from .formats import open_model
-from .names import component_suffix, free_name, stem_of
+from .names import free_name, output_stem, stem_of
 from .text import printable, terminal_safe
 from .version import __version__
 
@@ -166,8 +166,8 @@ def inspect(
 ) -> None:
     """Identify a model and report what is in it, as the original toolkit's reports."""
     from .analysis import analyze
-    from .hints import data_hints, header_hints
-    from .report import Findings, advanced_report, basic_report
+    from .findings import gather_findings
+    from .report import advanced_report, basic_report
     from .report import as_json as json_report
 
     dtype = precision_dtype(precision)
@@ -176,22 +176,7 @@ def inspect(
         return
     with open_model(file) as model:
         analysis = analyze(model, dtype)
-        findings = Findings(hints=header_hints(analysis, model.metadata))
-        if not no_metric:
-            from .fingerprints import (
-                broken_position_ids,
-                class_fingerprints,
-                compute_metric,
-                known_components,
-                lora_alphas,
-            )
-
-            findings.hints += data_hints(analysis)
-            findings.metric = compute_metric(analysis)
-            findings.known = known_components(findings.metric)
-            findings.broken_position_ids = broken_position_ids(analysis)
-            findings.lora_alphas = lora_alphas(analysis)
-            findings.fingerprints = class_fingerprints(analysis)
+        findings = gather_findings(analysis, model.metadata, read_data=not no_metric)
         if as_json:
             echo(json.dumps(json_report(analysis, findings), indent=2))
         elif advanced:
@@ -364,7 +349,7 @@ def prune(
     with open_model(source) as model:
         plan = operations.prune(model, dtype, keep_ema, fix_clip, tuple(drop or ()))
         target = output or free_name(
-            source.parent, stem_of(source.name) + "-pruned", ".safetensors"
+            source.parent, output_stem("prune", stem_of(source.name)), ".safetensors"
         )
         size = source.stat().st_size
         _write(plan, target, [source], overwrite, as_json, size, modelspec=modelspec)
@@ -387,9 +372,8 @@ def extract(
     dtype = precision_dtype(precision)
     with open_model(source) as model:
         plan = operations.extract(model, cls, component, dtype, fix_clip)
-        suffix = component_suffix(cls)
         target = output or free_name(
-            source.parent, f"{stem_of(source.name)}.{suffix}", ".safetensors"
+            source.parent, output_stem("extract", stem_of(source.name), cls), ".safetensors"
         )
         _write(plan, target, [source], overwrite, as_json, source.stat().st_size, False)
 
@@ -413,8 +397,8 @@ def replace(
     dtype = precision_dtype(precision)
     with open_model(target) as model, open_model(source) as donor:
         plan = operations.replace(model, cls, donor, component, dtype)
-        suffix = component_suffix(cls)
-        name = free_name(target.parent, f"{stem_of(target.name)}-new-{suffix}", ".safetensors")
+        stem = output_stem("replace", stem_of(target.name), cls)
+        name = free_name(target.parent, stem, ".safetensors")
         _write(
             plan, output or name, [target, source], overwrite, as_json, target.stat().st_size, False
         )

@@ -57,6 +57,23 @@ def component_suffix(cls: str) -> str:
     return COMPONENT_SUFFIX.get(cls.split("-")[0], cls.lower())
 
 
+def output_stem(operation: str, stem: str, cls: str | None = None) -> str:
+    """The name (without extension) an operation's output gets unless told: `model-pruned`,
+    `model.vae` (extract), `model-new-vae` (replace), `SD-v1-built` (the web UI's build). One
+    table for the CLI and the web UI."""
+    if operation == "prune":
+        return f"{stem}-pruned"
+    if operation == "build":
+        return f"{stem}-built"
+    if cls is None:
+        raise ValueError(f"{operation} names its output after a class")
+    if operation == "extract":
+        return f"{stem}.{component_suffix(cls)}"
+    if operation == "replace":
+        return f"{stem}-new-{component_suffix(cls)}"
+    raise ValueError(f"no default output name for {operation!r}")
+
+
 def free_name(folder: Path, stem: str, suffix: str) -> Path:
     """`stem+suffix`, else `stem(1)+suffix`, `stem(2)+suffix`, ...: a name not in use."""
     candidate = folder / f"{stem}{suffix}"

@@ -16,17 +16,10 @@ from ..analysis import Analysis, analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DType, precision_dtype
 from ..errors import ModelToolkitError, UsageError
-from ..fingerprints import (
-    broken_position_ids,
-    class_fingerprints,
-    compute_metric,
-    known_components,
-    lora_alphas,
-)
+from ..findings import gather_findings
 from ..formats import open_model
-from ..hints import data_hints, header_hints
 from ..model import ModelFile
-from ..names import component_suffix, stem_of
+from ..names import output_stem, stem_of
 from ..operations.common import Source
 from ..plan import Plan
 from ..report import FIX_CLIP_HINT, Findings, advanced_report, basic_report
@@ -162,15 +155,7 @@ class Session:
     def findings(self, analysis: Analysis) -> Findings:
         """The metric and what it names; computed once per state of the model (it reads data)."""
         if self._findings is None:
-            metric = compute_metric(analysis)
-            self._findings = Findings(
-                metric,
-                known_components(metric),
-                broken_position_ids(analysis),
-                lora_alphas(analysis),
-                header_hints(analysis, self.current().metadata) + data_hints(analysis),
-                class_fingerprints(analysis),
-            )
+            self._findings = gather_findings(analysis, self.current().metadata)
         return self._findings
 
     def reports(self, precision: str = "Auto") -> tuple[str, str]:
@@ -257,10 +242,10 @@ class Session:
         return stem_of(self.base.name) if self.base else "model"
 
     def suggested_name(self) -> str:
-        return f"{self.stem()}-pruned" if self.new_arch is None else f"{self.stem()}-built"
+        return output_stem("prune" if self.new_arch is None else "build", self.stem())
 
     def suggested_export_name(self, cls: str) -> str:
-        return f"{self.stem()}.{component_suffix(cls)}"
+        return output_stem("extract", self.stem(), cls)
 
     def save(
         self,
