@@ -59,6 +59,7 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
     """One file's record: identification, sizes, component fingerprints, optionally hashes.
     Runs in a worker process; never raises for a bad file (the record says what is wrong)."""
     from .analysis import analyze
+    from .architectures.registry import load_registry
     from .fingerprints import compute_metric, content_fingerprint, known_components
     from .formats import open_model
     from .hashes import compute_hashes
@@ -84,7 +85,7 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
             record["unknown_keys"] = len(analysis.unknown_keys)
             if analysis.architecture is None:
                 record["status"] = "unknown"
-            elif analysis.architecture.endswith("-BROKEN"):
+            elif load_registry().architectures[analysis.architecture].partial:
                 record["status"] = "broken"
             entries = entries_of(model)
             fingerprints = {}

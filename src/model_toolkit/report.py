@@ -93,23 +93,20 @@ def basic_report(
         out.append(f"(Of which {size_text(sizes.ema)} is EMA.)")
     if sizes.precision_waste:
         out.append(f"Wastes {size_text(sizes.precision_waste)} on precision.")
-    components = set(analysis.components.values())
-    if "CLIP-v1-NAI" in components:
-        out.append(f"CLIP is mislabelled ({len(analysis.renamed_keys)} keys will be renamed).")
+    registry = load_registry()
+    notes = [registry.components[name].note for name in analysis.components.values()]
+    out += [note.format(renamed=len(analysis.renamed_keys)) for note in notes if note]
     for cls, (found, slot) in analysis.misplaced.items():
         out.append(
             f"{cls} is under {found} where {analysis.architecture} files keep it under "
             f"{slot}: loaders will not find it (pruning moves it)."
         )
-    if "CLIP-v2-WD" in components:
-        out.append("CLIP is missing its final layer.")
     for ids in (findings.broken_position_ids or {}).values():
         if ids:
             action = "will be fixed" if fix_clip else fix_clip_hint
             out.append(f"CLIP has broken position ids: {_ids_text(ids)} ({action}).")
     if any(cls.startswith("EMA-") for cls in analysis.components):
         out.append("EMA UNET keys have their dots removed; extracting the UNET restores them.")
-    registry = load_registry()
     if registry.architectures[detection.resolved].partial:
         have = ", ".join(
             c for name in detection.candidates for c in registry.architectures[name].classes
@@ -181,8 +178,9 @@ def lora_text(analysis: Analysis, findings: Findings) -> str:
     base = load_registry().architectures[arch].base if arch else None
     if not base:
         return ""
-    names = " ".join(analysis.components.values())
-    family = "LoKr" if "LoKr-" in names else "LoHa" if "LoHa-" in names else "LoRA"
+    components = load_registry().components
+    families = [components[name].family for name in analysis.components.values()]
+    family = next((f for f in families if f), "LoRA")
     if arch and arch.startswith(("Embedding-", "ControlNet-", "T2I-")):
         family = arch.split("-")[0]
     ranks = "/".join(map(str, analysis.lora_ranks)) or "unknown"

@@ -37,6 +37,8 @@ class Component:
     # keys it then has, the prefix its keys get). SD-v1's CLIP is written as a CLIP-L file
     # (`text_model.` + keys), as ComfyUI's CLIP loader and transformers expect it.
     standalone: tuple[str, str] | None = None
+    note: str | None = None  # what the Basic report says when it is found ({renamed}: a count)
+    family: str | None = None  # LoRA, LoHa, LoKr: how the report names an adapter
 
     @cached_property
     def keys(self) -> frozenset[Key]:
@@ -158,6 +160,8 @@ def load_registry() -> Registry:
             spec.get("ema_of"),
             spec.get("subset", False),
             tuple(spec["standalone"]) if "standalone" in spec else None,  # type: ignore[arg-type]
+            spec.get("note"),
+            spec.get("family"),
         )
         for name, spec in raw["components"].items()
     }
