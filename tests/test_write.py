@@ -241,3 +241,38 @@ def test_early_writeback_hints_only_what_is_written(tmp_path, monkeypatch, suffi
         else torch.load(out, weights_only=True)["state_dict"]
     )
     assert_same_tensors(loaded, tensors)
+
+
+def test_taps_see_every_tensor_in_order_empty_ones_included(tmp_path):
+    """The per-tensor CRC-32 tap (autoprune's check) and the data hash (ModelSpec) see exactly
+    the bytes written, in one pass."""
+    import hashlib
+    import zlib
+
+    from model_toolkit.metadata import DataHash
+    from model_toolkit.model import TensorRef
+    from model_toolkit.plan import Plan, PlanEntry
+    from model_toolkit.verify import TensorChecksums
+
+    rng = np.random.default_rng(5)
+    arrays = {
+        "a": rng.standard_normal((300, 700)).astype(np.float32),
+        "empty": np.zeros((0, 4), np.float32),
+        "b": rng.standard_normal(17).astype(np.float32),
+    }
+    f32 = mtk.dtypes.DTYPES["F32"]
+    entries = [
+        PlanEntry(name, TensorRef.from_array(name, values, f32), f32)
+        for name, values in arrays.items()
+    ]
+    checks, data_hash = TensorChecksums(), DataHash()
+    mtk.write_plan(
+        Plan(entries), tmp_path / "out.safetensors", chunk_bytes=1 << 16, taps=[checks, data_hash]
+    )
+    assert list(checks.records) == ["a", "empty", "b"]
+    for name, values in arrays.items():
+        assert checks.records[name].crc32 == zlib.crc32(values.tobytes())
+    assert (
+        data_hash.digest.digest()
+        == hashlib.sha256(b"".join(v.tobytes() for v in arrays.values())).digest()
+    )

@@ -8,8 +8,9 @@ string at each start (200+ compile() calls, ~30 ms).
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -29,6 +30,7 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .autoprune import Outcome
+    from .metadata import DataHash
     from .plan import Plan
     from .write import ProgressCallback
 
@@ -232,6 +234,7 @@ def _write(
     modelspec: bool = False,
 ) -> None:
     """Write a plan and say what was written: one line, or a JSON summary."""
+    from .metadata import patch_data_hash
     from .write import write_plan
 
     if not overwrite and any(output.resolve() == p.resolve() for p in inputs):
@@ -240,11 +243,14 @@ def _write(
         echo(f"warning: {printable(warning)}", err=True)
     if not plan.entries:
         raise ModelToolkitError("nothing to write: the result has no tensors")
-    finalize = None
+    finalize, taps = None, []
     if modelspec:
-        plan, finalize = _with_modelspec(plan, output)
+        plan, data_hash = _with_modelspec(plan, output)
+        finalize, taps = partial(patch_data_hash, data_hash=data_hash), [data_hash]
     with _progress(plan.nbytes, f"writing {output.name}") as progress:
-        write_plan(plan, output, overwrite=overwrite, progress=progress, finalize=finalize)
+        write_plan(
+            plan, output, overwrite=overwrite, progress=progress, finalize=finalize, taps=taps
+        )
     size = output.stat().st_size
     if as_json:
         echo(
@@ -265,20 +271,17 @@ def _write(
         echo(f"wrote {output} ({_human(size)}{detail})")
 
 
-def _with_modelspec(plan: "Plan", output: Path) -> "tuple[Plan, Callable[[Path], None]]":
-    """The plan with ModelSpec fields, and the step that fills in the data hash."""
-    from functools import partial
+def _with_modelspec(plan: "Plan", output: Path) -> "tuple[Plan, DataHash]":
+    """The plan with ModelSpec fields, and the tap that hashes its data as it is written."""
+    from dataclasses import replace
 
     from .analysis import analyze
-    from .metadata import DataHashingPlan, modelspec_fields, patch_data_hash
-    from .plan import Plan
+    from .metadata import DataHash, modelspec_fields
 
     if output.suffix.lower() != ".safetensors":
         raise ModelToolkitError("--modelspec needs a .safetensors output")
     fields = modelspec_fields(analyze(plan), stem_of(output.name), plan.metadata)
-    hashing = DataHashingPlan(Plan(plan.entries, {**plan.metadata, **fields}, plan.origin))
-    hashing.warnings = plan.warnings
-    return hashing, partial(patch_data_hash, plan=hashing)
+    return replace(plan, metadata={**plan.metadata, **fields}), DataHash()
 
 
 ModelSpecOption = Annotated[

@@ -21,8 +21,9 @@ from .architectures.detect import allowed_keys
 from .architectures.registry import load_registry
 from .casting import cast
 from .dtypes import DTYPES
+from .execute import cast_threads, run_in_order
 from .model import TensorRef
-from .plan import PlanEntry, cast_threads, run_in_order
+from .plan import PlanEntry
 from .sigmoid import VECTOR_BLOCK, half_tables
 
 T = TypeVar("T")

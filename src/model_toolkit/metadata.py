@@ -11,7 +11,6 @@ import datetime
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ import numpy as np
 from .analysis import Analysis
 from .architectures.registry import load_registry
 from .errors import ModelToolkitError, UsageError
-from .model import DEFAULT_CHUNK_BYTES
-from .plan import Plan
+from .plan import PlanEntry
 
 HASH_KEY = "modelspec.hash_sha256"
 HASH_PLACEHOLDER = "0x" + "0" * 64
@@ -114,22 +112,21 @@ def modelspec_fields(
     return fields
 
 
-class DataHashingPlan(Plan):
-    """A plan that hashes its output data (everything after the header) while it is written."""
+class DataHash:
+    """A tap (execute.py) that hashes the output's data (everything after the header) as it
+    is written, for ModelSpec's hash_sha256 in the same pass."""
 
-    def __init__(self, plan: Plan) -> None:
-        super().__init__(plan.entries, plan.metadata, plan.origin, plan.warnings)
+    def __init__(self) -> None:
         self.digest = hashlib.sha256()
 
-    def iter_output(
-        self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, workers: int | None = None
-    ) -> Iterator[np.ndarray]:
-        for chunk in super().iter_output(chunk_bytes, workers):
-            self.digest.update(chunk.view(np.uint8))
-            yield chunk
+    def on_chunk(self, entry: PlanEntry, chunk: np.ndarray) -> None:
+        self.digest.update(chunk.view(np.uint8))
+
+    def on_done(self, entry: PlanEntry) -> None:
+        pass
 
 
-def patch_data_hash(temp: Path, plan: DataHashingPlan) -> None:
+def patch_data_hash(temp: Path, data_hash: DataHash) -> None:
     """Replace the placeholder in a written .safetensors header with the data's SHA-256."""
     with open(temp, "r+b") as handle:
         length = int.from_bytes(handle.read(8), "little")
@@ -139,6 +136,6 @@ def patch_data_hash(temp: Path, plan: DataHashingPlan) -> None:
         if position < 0:
             raise ModelToolkitError(f"{temp.name}: the ModelSpec hash placeholder is missing")
         handle.seek(8 + position)
-        handle.write(json.dumps("0x" + plan.digest.hexdigest()).encode())
+        handle.write(json.dumps("0x" + data_hash.digest.hexdigest()).encode())
         handle.flush()
         os.fsync(handle.fileno())

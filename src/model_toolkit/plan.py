@@ -1,16 +1,13 @@
 """Plan: what an output file will contain, decided before any tensor is touched.
 
 Every operation (convert, prune, extract, replace, build) is a function that returns a Plan, so
-operations compose by transforming plans, and the writers in `formats/` execute one.
+operations compose by transforming plans; the writers in `formats/` execute one (execute.py).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -128,33 +125,6 @@ def convert_values(values: np.ndarray, target: DType) -> np.ndarray:
 _ML_FLOATS = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"}
 
 
-def run_in_order(jobs: Iterable[Callable[[], T]], workers: int) -> Iterator[T]:
-    """The jobs' results in their order, computed by `workers` threads (0: in this thread).
-
-    Jobs are taken from `jobs` in the calling thread, in order, and at most `workers + 1` are
-    in flight, so memory stays bounded.
-    """
-    if workers <= 0:
-        for job in jobs:
-            yield job()
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="mtk-work") as pool:
-        in_flight: deque[Future[T]] = deque()
-        for job in jobs:
-            in_flight.append(pool.submit(job))
-            while len(in_flight) > workers:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
-
-
-def cast_threads() -> int:
-    """Threads that cast: MTK_CAST_THREADS if it is a number (0: cast in the calling thread),
-    else the cores, at most 4 (more only contend for memory bandwidth)."""
-    setting = os.environ.get("MTK_CAST_THREADS", "")
-    return int(setting) if setting.isdigit() else min(4, os.cpu_count() or 1)
-
-
 @dataclass
 class Plan:
     """The output's tensors in order, and its metadata (plain data; strings for safetensors)."""
@@ -167,17 +137,3 @@ class Plan:
     @property
     def nbytes(self) -> int:
         return sum(entry.nbytes for entry in self.entries)
-
-    def iter_output(
-        self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, workers: int | None = None
-    ) -> Iterator[np.ndarray]:
-        """Every entry's output values in order, chunk by chunk, casting on all cores.
-
-        Each chunk is read and cast in a worker (the reads stay close to sequential: at most
-        `workers + 1` chunks are in flight, which also bounds memory), while the caller writes
-        the chunks before it.
-        """
-        if workers is None:
-            workers = cast_threads()
-        jobs = (job for entry in self.entries for job in entry.chunk_jobs(chunk_bytes))
-        yield from run_in_order(jobs, workers)

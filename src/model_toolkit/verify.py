@@ -7,7 +7,6 @@ checking costs one more read of the output, not a second pass over the inputs an
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ import numpy as np
 from .errors import ModelToolkitError
 from .formats import open_model
 from .formats.safetensors import metadata_as_strings
-from .model import DEFAULT_CHUNK_BYTES
-from .plan import Plan, PlanEntry
+from .plan import PlanEntry
 
 
 @dataclass(frozen=True)
@@ -35,38 +33,20 @@ class TensorRecord:
         return cls(str(raw[0]), tuple(int(d) for d in raw[1]), int(raw[2]))
 
 
-class ChecksummedPlan(Plan):
-    """A plan that records the CRC-32 of each tensor's output bytes while it is written."""
+class TensorChecksums:
+    """A tap (execute.py) that records the CRC-32 of each tensor's output bytes as they are
+    written: `records`, by tensor name, once the write is done."""
 
-    def __init__(self, plan: Plan) -> None:
-        super().__init__(plan.entries, plan.metadata, plan.origin, plan.warnings)
+    def __init__(self) -> None:
         self.records: dict[str, TensorRecord] = {}
+        self._crc = 0
 
-    def iter_output(
-        self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, workers: int | None = None
-    ) -> Iterator[np.ndarray]:
-        # Chunks never span two tensors, so counting bytes tells where each tensor ends.
-        self.records = {}
-        pending = iter(self.entries)
-        entry: PlanEntry | None = None
-        left = crc = 0
-        for chunk in super().iter_output(chunk_bytes, workers):
-            if chunk.nbytes:
-                while left == 0:
-                    if entry is not None:
-                        self._record(entry, crc)
-                    entry = next(pending)
-                    left, crc = entry.nbytes, 0
-                crc = zlib.crc32(chunk.view(np.uint8), crc)
-                left -= chunk.nbytes
-            yield chunk
-        if entry is not None:
-            self._record(entry, crc)
-        for empty in pending:  # tensors with no elements, after the last chunk
-            self._record(empty, 0)
+    def on_chunk(self, entry: PlanEntry, chunk: np.ndarray) -> None:
+        self._crc = zlib.crc32(chunk.view(np.uint8), self._crc)
 
-    def _record(self, entry: PlanEntry, crc: int) -> None:
-        self.records[entry.name] = TensorRecord(entry.dtype.name, tuple(entry.shape), crc)
+    def on_done(self, entry: PlanEntry) -> None:
+        self.records[entry.name] = TensorRecord(entry.dtype.name, tuple(entry.shape), self._crc)
+        self._crc = 0
 
 
 def verify_output(path: Path, records: dict[str, TensorRecord], metadata: dict[str, Any]) -> None:

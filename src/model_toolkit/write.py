@@ -11,10 +11,11 @@ import os
 import queue
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import ModelToolkitError, OutputExistsError, UsageError
+from .execute import Tap
 from .formats import WRITERS
 from .model import DEFAULT_CHUNK_BYTES
 from .plan import Plan
@@ -36,12 +37,14 @@ def write_plan(
     progress: ProgressCallback | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     finalize: Callable[[Path], None] | None = None,
+    taps: Sequence[Tap] = (),
 ) -> Path:
     """Write `plan` to `output` in the format its extension names, streamed and atomic.
-    `finalize` may amend the complete temporary file before it gets its name."""
+    `taps` see the output as it is written; `finalize` may amend the complete temporary file
+    (using what the taps saw) before it gets its name."""
     output = Path(output)
     check_output(output, overwrite)
-    temp = write_temp(plan, output, progress=progress, chunk_bytes=chunk_bytes)
+    temp = write_temp(plan, output, progress=progress, chunk_bytes=chunk_bytes, taps=taps)
     try:
         if finalize is not None:
             finalize(temp)
@@ -73,6 +76,7 @@ def write_temp(
     progress: ProgressCallback | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     suffix: str = TEMP_SUFFIX,
+    taps: Sequence[Tap] = (),
 ) -> Path:
     """Write `plan` into a fresh temporary file next to `output` (in `output`'s format) and
     fsync it. The caller commits it, or removes it; on any error it is already removed."""
@@ -94,7 +98,7 @@ def write_temp(
                 if progress is not None:
                     progress(done, total)
 
-            writer(plan, out, advance, chunk_bytes)
+            writer(plan, out, advance, chunk_bytes, taps)
             out.flush()
             writeback.close()
             os.fsync(out.fileno())

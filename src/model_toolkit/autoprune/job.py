@@ -33,7 +33,7 @@ from ..names import free_name, is_model_name, stem_of
 from ..operations import convert, prune
 from ..plan import Plan
 from ..report import Findings, advanced_report
-from ..verify import ChecksummedPlan, TensorRecord, verify_output
+from ..verify import TensorChecksums, TensorRecord, verify_output
 from ..write import commit, sync_folder, write_temp, write_text_atomically
 from .layouts import Layout
 
@@ -222,13 +222,13 @@ class Autopruner:
         outcome: Outcome,
     ) -> Outcome:
         target = free_name(folder, stem, ".safetensors")
-        checked = ChecksummedPlan(plan)
+        checked = TensorChecksums()
 
         def report(done: int, total: int) -> None:
             if self.progress is not None:
                 self.progress(path.name, done, total)
 
-        temp = write_temp(checked, target, progress=report, suffix=TEMP_SUFFIX)
+        temp = write_temp(plan, target, progress=report, suffix=TEMP_SUFFIX, taps=[checked])
         marker = self._marker_path(path)
         try:
             verify_output(temp, checked.records, plan.metadata)
@@ -288,7 +288,7 @@ class Autopruner:
         path: Path,
         stat: os.stat_result,
         target: Path,
-        checked: ChecksummedPlan,
+        checked: TensorChecksums,
         plan: Plan,
     ) -> None:
         record = {

@@ -11,12 +11,13 @@ import json
 import math
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..dtypes import DTYPES
 from ..errors import FormatError, UsageError
+from ..execute import Tap, output_chunks
 from ..model import FileData, ModelFile, Storage, TensorRef
 
 if TYPE_CHECKING:
@@ -174,13 +175,15 @@ def _all_zero(raw: np.ndarray) -> bool:
     return not raw[:4096].any() and not raw.any()
 
 
-def write(plan: Plan, out: BinaryIO, progress: Progress, chunk_bytes: int) -> None:
+def write(
+    plan: Plan, out: BinaryIO, progress: Progress, chunk_bytes: int, taps: Sequence[Tap] = ()
+) -> None:
     """Header first (every size is known from the plan), then each tensor chunk by chunk."""
     names = [entry.name for entry in plan.entries]
     if len(set(names)) != len(names):
         raise FormatError("the plan has duplicate tensor names")
     out.write(header_bytes(plan))
-    for chunk in plan.iter_output(chunk_bytes):
+    for chunk in output_chunks(plan, chunk_bytes, taps=taps):
         raw = chunk.view("uint8")
         if not _all_zero(raw):
             out.write(raw)

@@ -12,11 +12,12 @@ import hashlib
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import FormatError
+from ..execute import Tap, output_chunks
 from ..model import FileData, ModelFile, Storage, TensorRef
 from ..text import printable
 from . import pickle_writer, unpickler
@@ -197,7 +198,13 @@ def _take(chunks: Iterator[np.ndarray], nbytes: int) -> Iterator[memoryview]:
         yield memoryview(chunk.view("uint8"))
 
 
-def write(plan: Plan, out: BinaryIO, progress: Callable[[int], None], chunk_bytes: int) -> None:
+def write(
+    plan: Plan,
+    out: BinaryIO,
+    progress: Callable[[int], None],
+    chunk_bytes: int,
+    taps: Sequence[Tap] = (),
+) -> None:
     """A torch zip checkpoint: {"state_dict": tensors, **metadata}, storages 64-byte aligned."""
     names = [entry.name for entry in plan.entries]
     if len(set(names)) != len(names):
@@ -223,7 +230,7 @@ def write(plan: Plan, out: BinaryIO, progress: Callable[[int], None], chunk_byte
         record(".format_version", [b"1"], 1)
         record(".storage_alignment", [str(STORAGE_ALIGNMENT).encode()], 2)
         record("byteorder", [b"little"], 6)
-        output = plan.iter_output(chunk_bytes)
+        output = output_chunks(plan, chunk_bytes, taps=taps)
         for index, entry in enumerate(plan.entries):
             record(f"data/{index}", _take(output, entry.nbytes), entry.nbytes, True)
         record("version", [b"3\n"], 2)
