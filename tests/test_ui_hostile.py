@@ -96,3 +96,23 @@ def test_a_hostile_file_harms_neither_the_server_nor_another_visitor(server):
     assert "**Error" not in classes[-1]
     result = attacker.predict("Stable-diffusion/other.safetensors", "FP16", api_name="/on_load")
     assert "SD-v1" in result[0], result[-1]
+
+
+@pytest.mark.parametrize(
+    ("header", "bound", "allowed"),
+    [
+        ("127.0.0.1:7860", "127.0.0.1", True),
+        ("localhost:7860", "127.0.0.1", True),
+        ("[::1]:7860", "127.0.0.1", True),
+        ("evil.example:7860", "127.0.0.1", False),
+        ("127.0.0.1:7861", "127.0.0.1", False),  # another port: another server
+        ("192.168.1.5:7860", "0.0.0.0", True),  # all interfaces: any address literal
+        ("evil.example:7860", "0.0.0.0", False),  # but never a name
+        ("mybox:7860", "mybox", True),
+        ("other:7860", "mybox", False),
+    ],
+)
+def test_which_host_headers_are_this_server(header, bound, allowed):
+    from model_toolkit.ui.server import allowed_host
+
+    assert allowed_host(header, bound, 7860) is allowed

@@ -82,5 +82,8 @@ def serve(blocks: Any, host: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    app = gr.mount_gradio_app(FastAPI(), blocks, path="", show_error=False)
+    try:
+        app = gr.mount_gradio_app(FastAPI(), blocks, path="", show_error=False)
+    except TypeError:  # gradio 3.x: no show_error (errors are our own messages anyway)
+        app = gr.mount_gradio_app(FastAPI(), blocks, path="")
     uvicorn.run(HostCheck(app, host, port), host=host, port=port, log_level="warning")
