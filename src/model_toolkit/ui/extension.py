@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..autoprune import Autopruner, Options
-from ..autoprune.layouts import Layout
+from ..autoprune.layouts import A1111_FOLDERS, Layout
 from .folders import ModelFolders
 
 SECTION = ("model-toolkit", "Model Toolkit")
@@ -24,30 +24,27 @@ AUTOPRUNE = "model_toolkit_autoprune"
 log = logging.getLogger("model_toolkit")
 
 
+# The webui's command-line options that move a kind's folder (`--ckpt-dir`, ...).
+FOLDER_OPTIONS = {
+    "checkpoint": "ckpt_dir",
+    "vae": "vae_dir",
+    "lora": "lora_dir",
+    "embedding": "embeddings_dir",
+}
+
+
 def webui_layout() -> Layout:
-    """The webui's folders as an autoprune layout: its command-line dirs, else models/*."""
+    """The webui's folders as an autoprune layout: its command-line dirs, else the
+    AUTOMATIC1111 layout's folders under models/ (the one table, in autoprune/layouts.py)."""
     from modules import paths, shared  # the webui's own package
 
     options = shared.cmd_opts
     models = Path(paths.models_path)
-
-    def chosen(option: str, default: Path) -> Path:
-        value = getattr(options, option, None)
-        return Path(value) if value else default
-
-    folders = {
-        "checkpoint": chosen("ckpt_dir", models / "Stable-diffusion"),
-        "vae": chosen("vae_dir", models / "VAE"),
-        "lora": chosen("lora_dir", models / "Lora"),
-        "controlnet": models / "ControlNet",
-        "embedding": chosen("embeddings_dir", models.parent / "embeddings"),
-        "unet": models / "Components",
-        "text_encoder": models / "Components",
-        "component": models / "Components",
-    }
-    return Layout(
-        "a1111", models, models / "Autoprune", {k: v.resolve() for k, v in folders.items()}
-    )
+    folders = {}
+    for kind, names in A1111_FOLDERS.items():
+        value = getattr(options, FOLDER_OPTIONS.get(kind, ""), None)
+        folders[kind] = (Path(value) if value else models / names[0]).resolve()
+    return Layout("a1111", models, models / "Autoprune", folders)
 
 
 def setting(name: str, default: bool = False) -> bool:
