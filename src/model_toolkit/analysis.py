@@ -19,10 +19,6 @@ if TYPE_CHECKING:
 
 EMA_PREFIX = "model_ema."
 # Old NAI-style checkpoints lack `text_model.` in their CLIP keys; they are renamed on the way.
-NAI_RENAMES = {
-    f"cond_stage_model.transformer.{part}": f"cond_stage_model.transformer.text_model.{part}"
-    for part in ("embeddings.", "encoder.", "final_layer_norm.")
-}
 POSITION_IDS = "embeddings.position_ids"
 
 
@@ -91,13 +87,6 @@ def misplaced_parts(detection: Detection, registry: Registry) -> dict[str, tuple
     return result
 
 
-def nai_rename(name: str) -> str:
-    for old, new in NAI_RENAMES.items():
-        if name.startswith(old):
-            return new + name[len(old) :]
-    return name
-
-
 def analyze(
     model: ModelFile | Plan, precision: DType | None = DTYPES["F16"], keep_ema: bool = False
 ) -> Analysis:
@@ -150,11 +139,14 @@ def analyze(
             junk.append(name)
             junk_size += ref.nbytes
 
-    renamed = {name: new for name in kept if (new := nai_rename(name)) != name}
+    # Parts under another component's prefix (NAI's CLIP without `text_model.`, a Flux VAE
+    # under `first_stage_model.`) get the names the architecture's files use.
+    renamed = {}
     misplaced = misplaced_parts(detection, registry)
-    for found_prefix, slot_prefix in misplaced.values():
+    for cls, (found_prefix, slot_prefix) in misplaced.items():
+        bare = {key for key, _ in registry.components[detection.components[cls]].keys}
         for name in kept:
-            if name.startswith(found_prefix):
+            if name.startswith(found_prefix) and name[len(found_prefix) :] in bare:
                 renamed[name] = slot_prefix + name[len(found_prefix) :]
     position_ids = []
     if detection.resolved:

@@ -97,6 +97,8 @@ def basic_report(
     notes = [registry.components[name].note for name in analysis.components.values()]
     out += [note.format(renamed=len(analysis.renamed_keys)) for note in notes if note]
     for cls, (found, slot) in analysis.misplaced.items():
+        if registry.components[analysis.components[cls]].note:
+            continue  # said by its note (NAI's CLIP is "mislabelled")
         out.append(
             f"{cls} is under {found} where {analysis.architecture} files keep it under "
             f"{slot}: loaders will not find it (pruning moves it)."
