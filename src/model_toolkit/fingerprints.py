@@ -28,9 +28,12 @@ from .sigmoid import VECTOR_BLOCK, half_tables
 
 T = TypeVar("T")
 
-UNET_CLASSES = {"UNET-v1", "UNET-v1-Pix2Pix", "UNET-v2", "UNET-v2-Depth"}
-VAE_CLASSES = {"VAE-v1"}
-CLIP_CLASSES = {"CLIP-v1", "CLIP-v2"}
+
+def metric_classes(part: str) -> set[str]:
+    """The classes whose weights the metric sums into `part` (registry.json metric_parts)."""
+    return {cls for cls, into in load_registry().metric_parts.items() if into == part}
+
+
 BASELINE = {"unet": -6131.5400, "vae": 17870.7051, "clip-v1": -2097.8596, "clip": -8757.5630}
 SCALE = {"unet": 10000, "vae": 10000, "clip-v1": 1000000, "clip": 10000}
 WRAP = 10000
@@ -170,7 +173,7 @@ def metric_tensors(
     def keys(classes: set[str]) -> set:
         return allowed_keys(detection.resolved, resolved, registry, classes)
 
-    unet_keys, vae_keys, clip_keys = keys(UNET_CLASSES), keys(VAE_CLASSES), keys(CLIP_CLASSES)
+    unet_keys, vae_keys, clip_keys = (keys(metric_classes(p)) for p in ("unet", "vae", "clip"))
     parts: list[tuple[str, TensorRef | PlanEntry]] = []
     for name, ref in analysis.tensors.items():
         key = detection.keys[name]
@@ -246,8 +249,8 @@ def class_fingerprints(analysis: Analysis) -> dict[str, str]:
     detection = analysis.detection
     if detection.resolved is None:
         return {}
-    covered = UNET_CLASSES | VAE_CLASSES | CLIP_CLASSES
     registry = load_registry()
+    covered = set(registry.metric_parts)
     result = {}
     for cls, component in detection.components.items():
         if cls in covered or cls.startswith(NOT_FINGERPRINTED):

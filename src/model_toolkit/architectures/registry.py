@@ -133,6 +133,7 @@ class Registry:
     # component -> {class it can stand in for: (the component it then is, prefix to remove)}:
     # a CLIP-L file imported as SD-v1's CLIP (the inverse of Component.standalone).
     serving: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    metric_parts: dict[str, str] = field(default_factory=dict)  # class -> unet, vae or clip
 
     def classes_of(self, names: set[str]) -> dict[str, list[str]]:
         result: dict[str, list[str]] = {}
@@ -189,4 +190,11 @@ def load_registry() -> Registry:
         if component.standalone:
             other, prefix = component.standalone
             serving.setdefault(other, {}).setdefault(component.cls, (name, prefix))
-    return Registry(components, architectures, tuple(raw["preferred"]), raw["known"], serving)
+    return Registry(
+        components,
+        architectures,
+        tuple(raw["preferred"]),
+        raw["known"],
+        serving,
+        dict(raw.get("metric_parts", {})),
+    )
