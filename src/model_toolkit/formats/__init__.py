@@ -35,8 +35,7 @@ def open_model(path: str | os.PathLike[str]) -> ModelFile:
         if kind == sniff.SAFETENSORS:
             return safetensors.read(path, data)
         if kind == sniff.ZIP:
-            sniff.scan_pickles(kind, data, path.name)
-            return torch_zip.read(path, data)
+            return torch_zip.read(path, data)  # it walks every pickle member, data.pkl once
         if kind == sniff.PICKLE and torch_legacy.looks_like(prefix):
             return torch_legacy.read(path, data)
         if kind == sniff.PICKLE:

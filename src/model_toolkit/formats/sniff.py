@@ -17,9 +17,9 @@ import tarfile
 import zipfile
 from typing import Any
 
-from ..errors import FormatError, UnsafeFileError
+from ..errors import FormatError
 from ..model import FileData
-from . import pickle_scan, unpickler
+from . import pickle_scan, safetensors, torch_zip, unpickler
 from .torch_common import MAX_PICKLE_BYTES
 
 SAFETENSORS, ZIP, TAR, PICKLE = "safetensors", "zip", "tar", "pickle"
@@ -33,15 +33,8 @@ _TAR_MEMBERS_WITH_PICKLES = ("sys_info", "pickle", "storages", "tensors")
 
 
 def is_safetensors(prefix: bytes, size: int) -> bool:
-    if len(prefix) < 9 or prefix[8:9] != b"{":
-        return False
-    (length,) = struct.unpack("<Q", prefix[:8])
-    return 8 + length <= size
-
-
-def is_zip(prefix: bytes) -> bool:
-    # torch.load's own test (torch.serialization._is_zipfile): the local header magic at 0.
-    return prefix.startswith(b"PK\x03\x04")
+    """The reader's own test, and a header length that fits in the file."""
+    return safetensors.looks_like(prefix) and 8 + struct.unpack("<Q", prefix[:8])[0] <= size
 
 
 def is_tar(prefix: bytes) -> bool:
@@ -57,7 +50,7 @@ def is_tar(prefix: bytes) -> bool:
 
 def is_pickle(prefix: bytes) -> bool:
     """Whether torch.load's legacy path would hand the bytes to pickle: any opcode at 0."""
-    return bool(prefix) and pickle_scan._OPS[prefix[0]] is not None
+    return bool(prefix) and pickle_scan.is_opcode(prefix[0])
 
 
 def formats_of(prefix: bytes, size: int) -> list[str]:
@@ -66,7 +59,8 @@ def formats_of(prefix: bytes, size: int) -> list[str]:
         kind
         for kind, test in (
             (SAFETENSORS, lambda: is_safetensors(prefix, size)),
-            (ZIP, lambda: is_zip(prefix)),
+            # torch.load's own test (serialization._is_zipfile), as torch_zip's: PK at 0.
+            (ZIP, lambda: torch_zip.looks_like(prefix)),
             (TAR, lambda: is_tar(prefix)),
         )
         if test()
@@ -91,22 +85,12 @@ def scan_pickles(kind: str, data: FileData, name: str) -> bool:
     return False
 
 
-def _scan_one(buffer: Any, start: int, end: int, name: str) -> int | None:
-    """The end of the pickle at `start`, or None where the bytes are no (good) pickle."""
-    try:
-        return pickle_scan.scan(buffer, start, end, name, unpickler.is_allowed).end
-    except UnsafeFileError:
-        raise
-    except FormatError:
-        return None
-
-
 def _scan_pickle_run(buffer: Any, start: int, end: int, name: str) -> bool:
     """Pickles one after another (a legacy torch file's first parts), while they parse;
     whether there was at least one."""
     end = min(end, start + MAX_PICKLE_BYTES)
     for count in range(8):
-        position = _scan_one(buffer, start, end, name)
+        position = unpickler.danger_scan(buffer, start, end, name)
         if position is None or position >= end:
             return count > 0 or position is not None
         start = position
@@ -127,7 +111,7 @@ def _scan_zip(data: FileData, name: str) -> None:
                     raw = entry.read(MAX_PICKLE_BYTES + 1)
             except Exception:
                 continue
-            _scan_one(raw, 0, len(raw), name)
+            unpickler.danger_scan(raw, 0, len(raw), name)
 
 
 def _scan_tar(data: FileData, name: str) -> None:
@@ -147,40 +131,34 @@ def _scan_tar(data: FileData, name: str) -> None:
             if member.name == "storages":
                 _scan_tar_storages(raw, name)
             else:
-                _scan_one(raw, 0, len(raw), name)
+                unpickler.danger_scan(raw, 0, len(raw), name)
 
 
 def _scan_tar_storages(raw: bytes, name: str) -> None:
     """`storages`: a count, then per storage a pickle (key, location, storage type) followed
-    by an 8-byte element count and the raw elements, then a pickle of the views."""
-    position = _scan_one(raw, 0, len(raw), name)
-    if position is None:
+    by an 8-byte element count and the raw elements, then a pickle of the views. Each pickle
+    goes through unpickler.load, which walks it (naming any danger) before it unpickles it."""
+    try:
+        count, position = unpickler.load(raw, 0, len(raw), name)
+        if not isinstance(count, int) or isinstance(count, bool):
+            return
+        for _ in range(min(count, 1 << 16)):
+            args, position = unpickler.load(raw, position, len(raw), name)
+            storage_type = args[2] if isinstance(args, tuple) and len(args) == 3 else None
+            itemsize = getattr(getattr(storage_type, "dtype", None), "itemsize", None)
+            if itemsize is None or position + 8 > len(raw):
+                return
+            (numel,) = struct.unpack("<q", raw[position : position + 8])
+            position += 8 + max(numel, 0) * itemsize
+    except FormatError:
         return
-    count, _ = unpickler.load(raw, 0, position, name) if position else (0, 0)
-    if not isinstance(count, int) or isinstance(count, bool):
-        return
-    for _ in range(min(count, 1 << 16)):
-        start = position
-        position = _scan_one(raw, start, len(raw), name)
-        if position is None or position + 8 > len(raw):
-            return
-        try:
-            args, _ = unpickler.load(raw, start, position, name)
-        except FormatError:
-            return
-        storage_type = args[2] if isinstance(args, tuple) and len(args) == 3 else None
-        itemsize = getattr(getattr(storage_type, "dtype", None), "itemsize", None)
-        if itemsize is None:
-            return
-        (numel,) = struct.unpack("<q", raw[position : position + 8])
-        position += 8 + max(numel, 0) * itemsize
-    _scan_one(raw, position, len(raw), name)
+    unpickler.danger_scan(raw, position, len(raw), name)
 
 
 def refuse_trailing(buffer: Any, start: int, end: int, name: str) -> None:
     """Bytes after the end of what the format describes: named if they are a pickle that
     calls something forbidden, refused in any case."""
-    if pickle_scan._OPS[buffer[start]] is not None:
+    if pickle_scan.is_opcode(buffer[start]):
         _scan_pickle_run(buffer, start, end, name)
     raise FormatError(f"{name} has {end - start} bytes of trailing data after its last part")
 

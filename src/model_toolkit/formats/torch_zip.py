@@ -44,13 +44,33 @@ def looks_like(prefix: bytes) -> bool:
     return prefix.startswith(b"PK\x03\x04")
 
 
-def _find_pickle(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
-    candidates = [
+def _data_pickles(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    return [
         info
         for info in archive.infolist()
         if info.filename == "data.pkl"
         or (info.filename.endswith("/data.pkl") and info.filename.count("/") == 1)
     ]
+
+
+def scan_pickle_members(
+    archive: zipfile.ZipFile, name: str, skip: zipfile.ZipInfo | None = None
+) -> None:
+    """Name what any pickle member a loader could run would call (every `*.pkl`, a second
+    data.pkl included), but `skip`: the data.pkl that `read` unpickles, walked there once."""
+    for info in archive.infolist():
+        if info is skip or not info.filename.endswith(".pkl") or info.file_size > MAX_PICKLE_BYTES:
+            continue
+        try:
+            with archive.open(info) as entry:
+                raw = entry.read(MAX_PICKLE_BYTES + 1)
+        except Exception:  # any damage: the reader reports it, not this scan
+            continue
+        unpickler.danger_scan(raw, 0, len(raw), name)
+
+
+def _find_pickle(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
+    candidates = _data_pickles(archive)
     if len(candidates) != 1:
         found = "no" if not candidates else "several"
         raise FormatError(f"{name} is a zip file with {found} data.pkl: not a torch checkpoint")
@@ -116,6 +136,8 @@ def read(path: Path, data: FileData) -> ModelFile:
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
         raise FormatError(f"{name} is a damaged zip file ({exc})") from None
     with archive:
+        candidates = _data_pickles(archive)
+        scan_pickle_members(archive, name, skip=candidates[0] if len(candidates) == 1 else None)
         pickle_info = _find_pickle(archive, name)
         prefix = pickle_info.filename[: -len("data.pkl")]
         big_endian = False

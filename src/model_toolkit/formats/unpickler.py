@@ -467,6 +467,18 @@ def is_allowed(qualified: str) -> str:
     return pickle_scan.UNSUPPORTED if qualified in _UNSUPPORTED else pickle_scan.UNSAFE
 
 
+def danger_scan(buffer: Any, start: int, end: int, filename: str) -> int | None:
+    """Walk the pickle at `start` only to name what it would call (UnsafeFileError): where it
+    ends, or None where the bytes are no (good) pickle. For streams a loader could run that we
+    do not read ourselves; damage is the reader's to report."""
+    try:
+        return pickle_scan.scan(buffer, start, end, filename, is_allowed).end
+    except UnsafeFileError:
+        raise
+    except FormatError:
+        return None
+
+
 def load(
     buffer: Any,
     start: int,
