@@ -381,26 +381,26 @@ class TensorRef:
 MAX_OVERLAP_BYTES = 16 * 1024 * 1024
 
 
+def last_element(offset: int, shape: tuple[int, ...], stride: tuple[int, ...] | None) -> int:
+    """The storage index of a non-empty view's last element (C-contiguous when no stride)."""
+    if stride is None:
+        return offset + math.prod(shape) - 1
+    return offset + sum((size - 1) * step for size, step in zip(shape, stride, strict=True))
+
+
 def check_view(ref: TensorRef) -> None:
     """Refuse a tensor whose elements are not all inside the real bytes of its storage.
 
     Every format reader builds TensorRefs, so this is the one check that a view cannot reach
     other memory (torch's storage-size CVEs), whatever the pickle claimed the storage holds."""
+    name = ref.storage.data.path.name if ref.storage.data is not None else "model"
     if math.prod(d for d in ref.shape if d) * ref.dtype.itemsize >= 1 << 63:
         # Even an empty tensor of such a shape is past what numpy (or torch) can describe.
-        name = ref.storage.data.path.name if ref.storage.data is not None else "model"
         raise FormatError(f"{name}: tensor {printable(ref.name, 200)} has an impossible shape")
     if not all(ref.shape):
         return
-    itemsize = ref.dtype.itemsize
-    available = ref.storage.nbytes // itemsize
-    if ref.stride is None:
-        last = ref.storage_offset + ref.numel - 1
-    else:
-        last = ref.storage_offset + sum(
-            (size - 1) * step for size, step in zip(ref.shape, ref.stride, strict=True)
-        )
-    name = ref.storage.data.path.name if ref.storage.data is not None else "model"
+    available = ref.storage.nbytes // ref.dtype.itemsize
+    last = last_element(ref.storage_offset, ref.shape, ref.stride)
     if last >= available:
         raise FormatError(
             f"{name}: tensor {printable(ref.name, 200)} of shape {list(ref.shape)} reaches "

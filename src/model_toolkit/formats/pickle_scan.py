@@ -147,9 +147,7 @@ _DATA_KEPT = 4 * _NAME_LIMIT  # arguments longer than this are skipped, never co
 @dataclass(frozen=True)
 class PickleScan:
     end: int  # offset just past STOP: where the next part of the file begins
-    globals: tuple[str, ...]  # every global named, Python 3 spelling, in order
-    opcodes: int
-    depth: int
+    depth: int  # how deep what it builds nests
 
 
 def qualified_name(module: str, name: str) -> str:
@@ -189,7 +187,6 @@ def scan(
     children: dict[int, list[int]] = {}
     strings: dict[int, str] = {}
     global_ids: set[int] = set()
-    names: list[str] = []
     pos, count, objects = start, 0, 0
     max_opcodes, max_memo = limits.opcodes, limits.memo
     unpack = struct.unpack
@@ -198,7 +195,6 @@ def scan(
         nonlocal objects
         if len(qualified) > _NAME_LIMIT:
             raise broken("a global's name is too long")
-        names.append(qualified)
         verdict = allowed(qualified)
         if verdict == UNSAFE:
             raise UnsafeFileError(f"{filename} is unsafe: it calls {printable(qualified)}")
@@ -352,7 +348,7 @@ def scan(
         elif action == _BUFFER:
             raise FormatError(f"{filename}: pickle uses out-of-band buffers (unsupported)")
     depth = _check_graph(root, children, filename, limits, over)
-    return PickleScan(pos, tuple(names), count, depth)
+    return PickleScan(pos, depth)
 
 
 def _check_graph(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dtypes import BY_STORAGE, BY_TORCH_NAME, DType
 from ..errors import FormatError, UnsafeFileError
+from ..model import last_element
 from ..text import printable
 from . import pickle_scan
 
@@ -278,7 +279,7 @@ def _make_tensor(
     if storage.view is not None:
         available = storage.view[2]  # a legacy view's elements count from the view's start
     if all(shape):
-        last = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
+        last = last_element(offset, shape, strides)
         if last >= available:
             raise FormatError(
                 f"tensor of shape {list(shape)} reaches element {last} of a storage of {available}"
