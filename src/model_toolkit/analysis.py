@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.registry import Key, Registry, load_registry
-from .dtypes import DTYPES, DType, auto_precision, target_dtype
+from .dtypes import DTYPES, DType, auto_precision, float_bytes, target_dtype
 from .model import ModelFile, TensorRef
 
 if TYPE_CHECKING:
@@ -103,11 +103,8 @@ def analyze(
     shapes = {name: ref.shape for name, ref in tensors.items()}
     detection = detect(shapes, registry)
     if precision is not None and precision.narrow_only:  # `auto`: this model's 16-bit type
-        by_dtype: dict[DType, int] = {}
-        for ref in tensors.values():
-            by_dtype[ref.dtype] = by_dtype.get(ref.dtype, 0) + ref.nbytes
         arch = registry.architectures.get(detection.resolved or "")
-        precision = auto_precision(by_dtype, arch.precision if arch else "F16")
+        precision = auto_precision(float_bytes(tensors.values()), arch.precision if arch else "F16")
     allowed: set[Key] = set()
     known: set[Key] = set()
     for arch, by_class in detection.found.items():

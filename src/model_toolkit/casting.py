@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import DType
+from .dtypes import DType, ml_dtypes_module
 
 try:  # the optional compiled loops (see _kernels.c); numpy below gives the same bits, slower
     from . import _kernels as kernels
@@ -95,18 +95,15 @@ def _float32_to_float16(wide: np.ndarray) -> np.ndarray:
 def _narrow_with_payload() -> tuple[type, ...]:
     """The narrow types whose NaN payloads widen specially; the float8 ones only where
     ml_dtypes is (without it, no chunk can be float8: dtypes.py says so)."""
-    try:
-        import ml_dtypes
-    except ImportError:
+    ml_dtypes = ml_dtypes_module()
+    if ml_dtypes is None:
         return (np.float16,)
     return (np.float16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)
 
 
 def _finfo(dtype: np.dtype) -> Any:
-    if dtype.itemsize == 1:
-        import ml_dtypes
-
-        return ml_dtypes.finfo(dtype)
+    if dtype.itemsize == 1:  # float8: a chunk of it exists only where ml_dtypes does
+        return ml_dtypes_module().finfo(dtype)  # type: ignore[union-attr]
     return np.finfo(dtype)
 
 

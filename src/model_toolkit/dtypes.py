@@ -8,14 +8,27 @@ faster without it (numpy and ml_dtypes take ~0.2 s to import).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
-from typing import TYPE_CHECKING
+from functools import cache, cached_property
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
+
+
+@cache
+def ml_dtypes_module() -> ModuleType | None:
+    """ml_dtypes (bfloat16 and the float8 types), or None where it does not import: a webui
+    whose numpy no ml_dtypes fits. Asked once; every caller sees the same answer."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return ml_dtypes
 
 
 @dataclass(frozen=True)
@@ -40,13 +53,12 @@ class DType:
         import numpy as np
 
         if self.torch_name.startswith(("bfloat", "float8")):
-            try:
-                import ml_dtypes
-            except ImportError:  # a webui whose numpy no ml_dtypes fits: the rest still works
+            ml_dtypes = ml_dtypes_module()
+            if ml_dtypes is None:  # a webui whose numpy no ml_dtypes fits: the rest still works
                 raise UsageError(
                     f"{self.name} tensors need the ml_dtypes package, which does not import "
                     "here; install one that fits this numpy (pip install 'ml_dtypes>=0.4')"
-                ) from None
+                )
             return np.dtype(getattr(ml_dtypes, self.torch_name))
         return np.dtype(self.torch_name)
 
@@ -114,6 +126,21 @@ def precision_dtype(precision: str) -> DType | None:
         return AUTO
     name = PRECISIONS[precision]
     return DTYPES[name] if name else None
+
+
+def float_bytes(tensors: Iterable[Any]) -> dict[DType, int]:
+    """Bytes per float dtype among tensors (anything with `dtype` and `nbytes`)."""
+    sizes: dict[DType, int] = {}
+    for tensor in tensors:
+        if tensor.dtype.is_float:
+            sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.nbytes
+    return sizes
+
+
+def dominant_float(tensors: Iterable[Any]) -> DType | None:
+    """The float type holding the most bytes among tensors (None: no floats)."""
+    sizes = float_bytes(tensors)
+    return max(sizes, key=sizes.__getitem__) if sizes else None
 
 
 def auto_precision(dtypes: dict[DType, int], preferred: str = "F16") -> DType:

@@ -60,6 +60,7 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
     Runs in a worker process; never raises for a bad file (the record says what is wrong)."""
     from .analysis import analyze
     from .architectures.registry import load_registry
+    from .dtypes import dominant_float
     from .fingerprints import compute_metric, content_fingerprint, known_components
     from .formats import open_model
     from .hashes import compute_hashes
@@ -73,11 +74,8 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
             record["format"] = model.format
             record["architecture"] = analysis.architecture
             record["components"] = dict(analysis.components)
-            floats = [ref for ref in model.tensors.values() if ref.dtype.is_float]
-            widths: dict[str, int] = {}
-            for ref in floats:
-                widths[ref.dtype.name] = widths.get(ref.dtype.name, 0) + ref.nbytes
-            record["precision"] = max(widths, key=widths.__getitem__) if widths else None
+            dominant = dominant_float(model.tensors.values())
+            record["precision"] = dominant.name if dominant else None
             record["total_bytes"] = analysis.sizes.total
             record["prunable_bytes"] = (
                 analysis.sizes.total - analysis.sizes.pruned if analysis.architecture else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..analysis import analyze
 from ..architectures.registry import load_registry
-from ..dtypes import DType, target_dtype
+from ..dtypes import DType, dominant_float, target_dtype
 from ..errors import UsageError
 from ..plan import Plan
 from .common import (
@@ -18,15 +18,6 @@ from .common import (
     slot_prefix,
     source_name,
 )
-
-
-def dominant_float(entries: list) -> DType | None:
-    """The float type holding the most bytes among `entries` (None: no floats)."""
-    sizes: dict[DType, int] = {}
-    for entry in entries:
-        if entry.dtype.is_float:
-            sizes[entry.dtype] = sizes.get(entry.dtype, 0) + entry.nbytes
-    return max(sizes, key=sizes.__getitem__) if sizes else None
 
 
 def replace(

@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..dtypes import ml_dtypes_module
 from ..errors import ModelToolkitError, OutputExistsError
 from .folders import ModelFolders
 from .session import AUTO, UI_PRECISIONS, Session
@@ -27,9 +28,7 @@ FIX_CLIP_HINT = "mtk prune --fix-clip fixes them"
 def unavailable_note() -> str:
     """What this environment cannot do, for the page's first line (a webui whose numpy no
     ml_dtypes fits)."""
-    try:
-        import ml_dtypes  # noqa: F401
-    except ImportError:
+    if ml_dtypes_module() is None:
         return " BF16 and FP8 are unavailable here: the ml_dtypes package does not import."
     return ""
 

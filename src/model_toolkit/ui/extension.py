@@ -14,6 +14,7 @@ from typing import Any
 
 from ..autoprune import Autopruner, Options
 from ..autoprune.layouts import A1111_FOLDERS, Layout
+from ..dtypes import ml_dtypes_module
 from .folders import ModelFolders
 
 SECTION = ("model-toolkit", "Model Toolkit")
@@ -136,9 +137,7 @@ def register() -> None:
     from modules import script_callbacks
 
     console_log()
-    try:
-        import ml_dtypes  # noqa: F401
-    except ImportError:
+    if ml_dtypes_module() is None:
         log.warning("Model Toolkit: ml_dtypes does not import here; BF16 and FP8 are unavailable")
 
     script_callbacks.on_ui_settings(on_ui_settings)
