@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import Analysis
+from ..analysis import POSITION_IDS, Analysis
 from ..architectures.detect import resolve_class
 from ..architectures.registry import Architecture, Component, load_registry
 from ..dtypes import DTYPES, PRECISIONS, DType, target_dtype
@@ -148,9 +148,6 @@ def standalone_entries(
     other, prefix = spec
     allowed = {name for name, _ in load_registry().components[other].keys}
     return [(prefix + key, entry) for key, entry in pairs if prefix + key in allowed]
-
-
-POSITION_IDS = "embeddings.position_ids"
 
 
 def position_ids_entry(entry: PlanEntry, fix_clip: bool) -> PlanEntry:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..analysis import analyze
+from ..analysis import POSITION_IDS, analyze
 from ..dtypes import DType
 from ..hints import markers_in, prediction_type
 from ..plan import Plan
@@ -18,8 +18,6 @@ from .common import (
     source_name,
     standalone_entries,
 )
-
-POSITION_IDS = "embeddings.position_ids"
 
 
 def extract(

@@ -5,12 +5,10 @@ from __future__ import annotations
 from ..analysis import analyze
 from ..architectures.detect import allowed_keys
 from ..architectures.registry import load_registry
-from ..dtypes import AUTO, DTYPES, DType
+from ..dtypes import AUTO, DType
 from ..errors import UsageError
 from ..plan import Plan
 from .common import Source, entries_of, finish, origin_of, precision_name, record, source_name
-
-FP16 = DTYPES["F16"]  # what `precision=` meant before `auto` (kept for the Python API's users)
 
 
 def prune(
