@@ -523,9 +523,7 @@ def victim_record(victim: Path, name: str, output: Path) -> dict:
     stat = victim.stat()
     return {
         "input": name,
-        "input_size": stat.st_size,
-        "input_mtime_ns": stat.st_mtime_ns,
-        "input_inode": stat.st_ino,
+        "input_identity": [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns],
         "output": str(output),
         "metadata": {},
         "tensors": {},

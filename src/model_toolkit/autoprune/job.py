@@ -244,7 +244,7 @@ class Autopruner:
                     target = free_name(folder, stem, ".safetensors")  # appeared meanwhile
         finally:
             temp.unlink(missing_ok=True)
-        if same_file(path, stat):
+        if same_file(path, file_identity(stat)):
             path.unlink()
             sync_folder(path.parent)
         else:
@@ -293,9 +293,7 @@ class Autopruner:
     ) -> None:
         record = {
             "input": path.name,
-            "input_size": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns,
-            "input_inode": stat.st_ino,
+            "input_identity": file_identity(stat),
             "output": str(target),
             "metadata": plan.metadata,
             "tensors": {name: rec.as_list() for name, rec in checked.records.items()},
@@ -324,16 +322,10 @@ class Autopruner:
         if problem:
             return Outcome(marker.name, "ignored", reason=f"{problem}; left alone")
         records = {n: TensorRecord.from_list(r) for n, r in record["tensors"].items()}
-        try:
-            stat = source.lstat()
-        except FileNotFoundError:
+        if not os.path.lexists(source):
             marker.unlink(missing_ok=True)  # the move had completed
             return None
-        same_input = stat_module.S_ISREG(stat.st_mode) and (
-            stat.st_size,
-            stat.st_mtime_ns,
-            stat.st_ino,
-        ) == (record["input_size"], record["input_mtime_ns"], record["input_inode"])
+        same_input = same_file(source, record["input_identity"])
         if same_input and output.is_file():
             try:
                 verify_output(output, records, record["metadata"])
@@ -347,7 +339,7 @@ class Autopruner:
                     source.name,
                     "recovered",
                     destination=str(output),
-                    input_bytes=stat.st_size,
+                    input_bytes=record["input_identity"][2],
                     output_bytes=output.stat().st_size,
                     reason="finished a move that an earlier run was interrupted in",
                 )
@@ -419,18 +411,19 @@ def marker_mac(body: str) -> str:
     return hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def same_file(path: Path, read: os.stat_result) -> bool:
-    """Whether `path` still names the very file that was read (not one renamed over it)."""
+def file_identity(stat: os.stat_result) -> list[int]:
+    """What tells one file from another renamed over the same name: device, inode, size, time."""
+    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def same_file(path: Path, identity: list[int]) -> bool:
+    """Whether `path` still names the very regular file that was read (not one renamed over
+    it, nor a link put in its place)."""
     try:
         now = path.lstat()
     except FileNotFoundError:
         return False
-    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
-        read.st_dev,
-        read.st_ino,
-        read.st_size,
-        read.st_mtime_ns,
-    )
+    return stat_module.S_ISREG(now.st_mode) and file_identity(now) == list(identity)
 
 
 def estimated_size(plan: Plan) -> int:
