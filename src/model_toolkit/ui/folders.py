@@ -52,13 +52,14 @@ class ModelFolders:
         Paths are resolved, and a symbolic link whose target lies outside every model folder
         is not listed: every handler takes its paths from here, so none reads outside."""
         found: dict[str, Path] = {}
+        roots = self.roots()
         for kind in LISTED_KINDS:
             for folder in self.folders.get(kind, []):
                 if not folder.is_dir():
                     continue
                 for path in walk_model_files(folder):
                     resolved = path.resolve()
-                    if not self.contains(resolved):
+                    if not any(resolved.is_relative_to(root) for root in roots):
                         continue
                     label = f"{folder.name}/{path.relative_to(folder).as_posix()}"
                     found.setdefault(label, resolved)
