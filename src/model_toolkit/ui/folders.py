@@ -52,22 +52,23 @@ class ModelFolders:
         Paths are resolved, and a symbolic link whose target lies outside every model folder
         is not listed: every handler takes its paths from here, so none reads outside."""
         found: dict[str, Path] = {}
-        roots = self.roots()
         for kind in LISTED_KINDS:
             for folder in self.folders.get(kind, []):
                 if not folder.is_dir():
                     continue
                 for path in walk_model_files(folder):
                     resolved = path.resolve()
-                    if not any(resolved.is_relative_to(root) for root in roots):
+                    if not self._within(resolved):
                         continue
                     label = f"{folder.name}/{path.relative_to(folder).as_posix()}"
                     found.setdefault(label, resolved)
         return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
     def contains(self, path: Path) -> bool:
-        path = Path(path).resolve()
-        return any(path.is_relative_to(root) for root in self.roots())
+        return self._within(Path(path).resolve())
+
+    def _within(self, resolved: Path) -> bool:
+        return any(resolved.is_relative_to(root) for root in self.roots())
 
 
 def checked_name(name: str) -> str:
