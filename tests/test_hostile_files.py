@@ -96,6 +96,15 @@ def proven_live(path: Path, sentinel: Path) -> None:
     sentinel.unlink()
 
 
+def refused_though_live(path: Path, sentinel: Path, message: str) -> None:
+    """The payload runs in torch.load, and opening the file with us refuses it by name (and,
+    since it was refused, runs nothing: the sentinel stays absent)."""
+    proven_live(path, sentinel)
+    with pytest.raises(mtk.UnsafeFileError, match=message):
+        mtk.open(path)
+    assert not sentinel.exists()
+
+
 mtk_cli = run_mtk
 
 
@@ -160,9 +169,7 @@ def zip_and_safetensors(path: Path, data_pkl: bytes) -> Path:
 def test_zip_that_also_reads_as_safetensors_is_refused(tmp_path):
     sentinel = tmp_path / "pwned"
     path = zip_and_safetensors(tmp_path / "poly.ckpt", torch_pickle(payload(sentinel)))
-    proven_live(path, sentinel)
-    with pytest.raises(mtk.UnsafeFileError, match=f"calls {SYSTEM}"):
-        mtk.open(path)
+    refused_though_live(path, sentinel, f"calls {SYSTEM}")
     # Without a payload it is still two formats at once.
     clean = zip_and_safetensors(tmp_path / "clean.ckpt", torch_pickle({"x": 1}))
     with pytest.raises(mtk.FormatError, match="reads as both a safetensors file and a zip"):
@@ -198,9 +205,7 @@ def test_legacy_file_that_is_also_a_v7_tar_is_refused(tmp_path):
     storages = pickle.dumps(1, protocol=2) + pickle.dumps(payload(sentinel), protocol=2)
     path = v7_tar(tmp_path / "poly.pt", {"storages": storages}, magic)
     assert path.read_bytes()[257:262] != b"ustar"
-    proven_live(path, sentinel)
-    with pytest.raises(mtk.UnsafeFileError, match=f"calls {SYSTEM}"):
-        mtk.open(path)
+    refused_though_live(path, sentinel, f"calls {SYSTEM}")
     result = mtk_cli("scan", str(tmp_path), "--db", str(tmp_path / "index.db"))
     assert "poly.pt" in result.stdout + result.stderr
     assert f"calls {SYSTEM}" in result.stdout + result.stderr
@@ -260,9 +265,7 @@ def test_a_pickle_that_is_no_checkpoint_names_the_callable(tmp_path, name):
     sentinel = tmp_path / "pwned"
     path = tmp_path / name
     path.write_bytes(LONE_PICKLES[name](payload(sentinel)))
-    proven_live(path, sentinel)
-    with pytest.raises(mtk.UnsafeFileError, match=f"{name} is unsafe: it calls {SYSTEM}"):
-        mtk.open(path)
+    refused_though_live(path, sentinel, f"{name} is unsafe: it calls {SYSTEM}")
 
 
 def test_zip_with_two_data_pkl_names_the_callable(tmp_path):
@@ -272,9 +275,7 @@ def test_zip_with_two_data_pkl_names_the_callable(tmp_path):
         archive.writestr("archive/data.pkl", torch_pickle(payload(sentinel)))
         archive.writestr("archive/data.pkl", torch_pickle({"x": 1}))
         archive.writestr("archive/version", b"3\n")
-    proven_live(path, sentinel)
-    with pytest.raises(mtk.UnsafeFileError, match=f"calls {SYSTEM}"):
-        mtk.open(path)
+    refused_though_live(path, sentinel, f"calls {SYSTEM}")
 
 
 def test_trailing_pickle_after_a_legacy_file_is_named(tmp_path):

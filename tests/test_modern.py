@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 import model_toolkit as mtk
-from conftest import as_bytes, key_list, shapes_of, with_prefix, write_sparse_safetensors
+from conftest import as_bytes, key_list, run_mtk, shapes_of, with_prefix, write_sparse_safetensors
 from model_toolkit.architectures import keylists
 from model_toolkit.architectures.detect import detect
 from model_toolkit.architectures.keylists import load_path
@@ -306,16 +306,8 @@ def test_sdxl_markers_and_metadata_are_hints_and_prune_keeps_the_markers(tmp_pat
 
 
 def test_flux_variant_hint_in_the_report(tmp_path):
-    import subprocess
-    import sys
-
     path = write_sparse_safetensors(tmp_path / "flux.safetensors", FLUX_AIO, "BF16")
-    result = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", path, "--no-metric"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_mtk("inspect", path, "--no-metric")
     assert "Hint, variant: dev-like (guidance distilled) (guidance_in is present)." in result.stdout
 
 
@@ -335,8 +327,6 @@ def write_component(folder, entries, shards=1, variant=""):
 
 def test_a_diffusers_folder_is_identified_part_by_part(tmp_path):
     import json
-    import subprocess
-    import sys
 
     root = tmp_path / "sdxl"
     root.mkdir()
@@ -346,12 +336,7 @@ def test_a_diffusers_folder_is_identified_part_by_part(tmp_path):
     write_component(root / "text_encoder", load_path(EXTRA / "CLIP-L.txt"))
     write_component(root / "text_encoder_2", load_path(EXTRA / "CLIP-G-HF.txt"))
     (root / "scheduler").mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", root, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_mtk("inspect", root, "--json")
     assert result.returncode == 0, result.stderr
     parts = {p["folder"]: p for p in json.loads(result.stdout)["parts"]}
     assert {name: p["components"] for name, p in parts.items()} == {
@@ -491,8 +476,6 @@ def test_an_sdxl_base_given_a_bare_big_clip_puts_it_in_the_base_slot(tmp_path):
 
 
 def test_extracted_text_encoders_are_named_by_class_and_a_bare_unet_keeps_the_markers(tmp_path):
-    import subprocess
-    import sys
 
     from model_toolkit.names import component_suffix
 
@@ -509,20 +492,7 @@ def test_extracted_text_encoders_are_named_by_class_and_a_bare_unet_keeps_the_ma
     assert plan.metadata["modelspec.prediction_type"] == "v"
     assert plan.metadata["modeltoolkit.markers"] == "v_pred, ztsnr"
     out = tmp_path / "pruned.safetensors"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "model_toolkit",
-            "prune",
-            str(source),
-            "-o",
-            str(out),
-            "--modelspec",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = run_mtk("prune", source, "-o", out, "--modelspec")
     assert result.returncode == 0, result.stderr
     with safe_open(out, "np") as handle:
         assert handle.metadata()["modelspec.prediction_type"] == "v"

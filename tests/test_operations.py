@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -179,19 +177,7 @@ def test_prune_other_architectures(tmp_path, name):
 def test_partial_model_keeps_unet_and_vae_with_a_warning(tmp_path):
     entries = [e for e in SD1 if not e[0].startswith("cond_stage_model.")]
     source = write_sparse_safetensors(tmp_path / "noclip.safetensors", entries)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "model_toolkit",
-            "prune",
-            str(source),
-            "-o",
-            str(tmp_path / "out.safetensors"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = mtk_cli("prune", source, "-o", tmp_path / "out.safetensors")
     assert result.returncode == 0, result.stderr
     assert (
         "warning: noclip.safetensors is a partial model: it has only UNET-v1, VAE-v1"
@@ -374,20 +360,13 @@ def test_replace_unet_with_the_ema_copy(tmp_path, sd1_file):
 
 def test_each_front_end_says_what_to_do_in_its_own_words(tmp_path, sd1_file):
     """The library says what is wrong; the CLI names its flags, the page its controls."""
-    import subprocess
-    import sys
-
     from model_toolkit.errors import OutputExistsError
     from model_toolkit.ui.app import guarded
     from model_toolkit.ui.folders import ModelFolders
     from model_toolkit.ui.session import Session
 
     source, _ = sd1_file
-    report = subprocess.run(
-        [sys.executable, "-m", "model_toolkit", "inspect", str(source)],
-        capture_output=True,
-        text=True,
-    ).stdout
+    report = mtk_cli("inspect", source).stdout
     assert "(need --fix-clip to be fixed)" in report
     root = tmp_path / "models"
     (root / "Stable-diffusion").mkdir(parents=True)
