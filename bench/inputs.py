@@ -21,8 +21,9 @@ import numpy as np
 from model_toolkit.architectures import keylists
 from model_toolkit.demo import SCHEDULER_BUFFERS
 from model_toolkit.dtypes import DTYPES, DType
-from model_toolkit.model import FileData, Storage, TensorRef
+from model_toolkit.model import TensorRef
 from model_toolkit.plan import Plan, PlanEntry
+from model_toolkit.storage import FileData, FileSpan
 from model_toolkit.write import write_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ class Builder:
             ids = np.arange(count, dtype=np.int64).reshape(shape)
             ref = TensorRef.from_array(name, ids, DTYPES["I64"])
         else:
-            ref = TensorRef(name, dtype, shape, Storage(data, offset, nbytes))
+            ref = TensorRef(name, dtype, shape, FileSpan(data, offset, nbytes))
         self.entries.append(PlanEntry(name, ref, ref.dtype))
 
 

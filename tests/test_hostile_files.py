@@ -29,7 +29,8 @@ import model_toolkit as mtk
 from conftest import PRINT_PEAK_RSS_KIB, run_mtk, run_python
 from model_toolkit.formats import pickle_scan, unpickler
 from model_toolkit.formats.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION
-from model_toolkit.model import Storage, TensorRef
+from model_toolkit.model import TensorRef
+from model_toolkit.storage import InMemory, ZipMember
 
 SYSTEM = f"{os.system.__module__}.system"  # posix.system here
 
@@ -137,7 +138,7 @@ def test_storage_described_twice_is_refused(tmp_path):
 )
 def test_every_view_is_bounded_by_the_real_storage(shape, stride, message):
     """The one check every reader goes through: TensorRef itself, against the storage's bytes."""
-    storage = Storage(None, 0, 16, buffer=b"\0" * 16)
+    storage = InMemory(b"\0" * 16)
     with pytest.raises(mtk.FormatError, match=message):
         TensorRef("w", mtk.dtypes.DTYPES["F32"], shape, storage, 0, stride)
     TensorRef("ok", mtk.dtypes.DTYPES["F32"], (2, 2), storage, 0, (1, 2))  # a .t() is fine
@@ -382,7 +383,7 @@ def test_strided_view_of_a_compressed_storage_streams(tmp_path):
             out.writestr(info.filename, source.read(info), zipfile.ZIP_DEFLATED)
     with mtk.open(deflated) as model:
         ref = model.tensors["w"]
-        assert ref.storage.member is not None and not ref.is_contiguous
+        assert isinstance(ref.storage, ZipMember) and not ref.is_contiguous
         assert (ref.read() == weight.numpy()).all()
 
 

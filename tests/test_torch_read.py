@@ -14,6 +14,7 @@ import torch
 
 import model_toolkit as mtk
 from conftest import as_bytes, sample_tensor
+from model_toolkit.model import chunk_work
 
 
 def read_all(path: Path) -> dict[str, bytes]:
@@ -25,11 +26,12 @@ def chunked(path: Path, max_bytes: int) -> dict[str, bytes]:
     with mtk.open(path) as model:
         result = {}
         for name, ref in model.tensors.items():
-            parts = [chunk.tobytes() for chunk in ref.iter_chunks(max_bytes)]
+            parts = [chunk.tobytes() for chunk in mtk.values(ref, max_bytes)]
             assert all(len(p) <= max(max_bytes, ref.dtype.itemsize) for p in parts)
             result[name] = b"".join(parts)
             # The same values through chunk_work (mapped where the bytes lie raw in the file).
-            seen = [work(lambda values: values.tobytes()) for _, work in ref.chunk_work(max_bytes)]
+            works = chunk_work(ref, max_bytes)
+            seen = [work(lambda values: values.tobytes()) for _, work in works]
             assert b"".join(seen) == result[name], name
         return result
 

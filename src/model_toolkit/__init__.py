@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .dtypes import DTYPES, DType, precision_dtype
     from .fingerprints import Metric, compute_metric
     from .formats import open_model
-    from .model import ModelFile, TensorRef
+    from .model import ModelFile, Tensor, TensorRef, read_all, values
     from .operations import convert
     from .plan import Plan, PlanEntry
     from .write import write_plan
@@ -44,7 +44,10 @@ _LAZY = {
     "compute_metric": "fingerprints",
     "open_model": "formats",
     "ModelFile": "model",
+    "Tensor": "model",
     "TensorRef": "model",
+    "read_all": "model",
+    "values": "model",
     "convert": "operations",
     "Plan": "plan",
     "PlanEntry": "plan",
@@ -78,6 +81,7 @@ __all__ = [
     "OutputExistsError",
     "Plan",
     "PlanEntry",
+    "Tensor",
     "TensorRef",
     "UnsafeFileError",
     "UsageError",
@@ -88,5 +92,7 @@ __all__ = [
     "open",
     "open_model",
     "precision_dtype",
+    "read_all",
+    "values",
     "write_plan",
 ]

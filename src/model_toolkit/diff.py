@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import analyze
-from .model import ModelFile
+from .model import ModelFile, values
 from .operations.common import component_entries, entries_of, find_component
 from .plan import PlanEntry
 
@@ -90,7 +90,7 @@ class _Totals:
 
 
 def _chunks(entry: PlanEntry) -> Any:
-    return entry.source.iter_chunks(CHUNK_ELEMENTS * entry.source.dtype.itemsize)
+    return values(entry.source, CHUNK_ELEMENTS * entry.source.dtype.itemsize)
 
 
 def _compare(pairs: list[tuple[str, PlanEntry, PlanEntry]], result: ClassDiff) -> None:

@@ -83,7 +83,7 @@ def output_chunks(
     jobs = (
         partial(_tagged, index, job)
         for index, entry in enumerate(entries)
-        for job in entry.chunk_jobs(chunk_bytes)
+        for _, job in entry.chunks(chunk_bytes)
     )
     finished = 0  # the entries before this index are complete
     for index, chunk in run_in_order(jobs, workers):

@@ -22,7 +22,7 @@ from .architectures.registry import load_registry
 from .casting import cast
 from .dtypes import DTYPES
 from .execute import cast_threads, run_in_order
-from .model import TensorRef
+from .model import TensorRef, chunk_work, read_all, values
 from .plan import PlanEntry
 from .sigmoid import VECTOR_BLOCK, half_tables
 
@@ -79,7 +79,7 @@ def _chunk_jobs(ref: TensorRef | PlanEntry) -> Iterator[tuple[int, Callable[[], 
     tensor is summed where its bytes lie, without a copy)."""
     tail_start = ref.numel - ref.numel % VECTOR_BLOCK  # torch's last n % 16 go one by one
     position = 0
-    for count, work_on in ref.chunk_work(METRIC_CHUNK_BYTES):
+    for count, work_on in chunk_work(ref, METRIC_CHUNK_BYTES):
         cut = max(0, min(count, tail_start - position))
         yield count, partial(work_on, partial(_chunk_sum, cut=cut))
         position += count
@@ -204,7 +204,7 @@ def broken_position_ids(analysis: Analysis) -> dict[str, list[int]]:
     """For each CLIP position ids tensor: the indices whose id, as int64, is not 0..76."""
     result = {}
     for name in analysis.position_ids:
-        ids = analysis.tensors[name].read().reshape(-1)
+        ids = read_all(analysis.tensors[name]).reshape(-1)
         if ids.dtype.kind == "f" or ids.dtype.name == "bfloat16":
             ids = ids.astype(np.float64)
         as_int = np.trunc(ids).astype(np.int64) if ids.dtype.kind == "f" else ids.astype(np.int64)
@@ -224,18 +224,19 @@ def content_fingerprint(entries: list[tuple[str, PlanEntry]]) -> str:
     for key, entry in sorted(entries, key=lambda pair: pair[0]):
         digest.update(f"{key}{list(entry.shape)}".encode())
         target = f16 if entry.dtype.is_float else i64
-        for chunk in entry.cast_to(target).iter_chunks():
+        for chunk in values(entry.cast_to(target)):
             digest.update(np.ascontiguousarray(chunk).view(np.uint8))
     return digest.hexdigest()
 
 
 def lora_alphas(analysis: Analysis) -> list[float]:
     """The distinct values of a LoRA's `.alpha` scalars (a few bytes each)."""
-    values = set()
+    found = set()
     for name in analysis.kept_keys:
         if name.endswith(".alpha") and analysis.tensors[name].numel == 1:
-            values.add(float(np.asarray(analysis.tensors[name].read(), dtype=np.float64).item()))
-    return sorted(values)
+            scalar = read_all(analysis.tensors[name]).astype(np.float64)
+            found.add(float(scalar.item()))
+    return sorted(found)
 
 
 # Classes the original metric does not cover get a 4-digit fingerprint of their own, in the same

@@ -102,7 +102,9 @@ def data_hints(analysis: Analysis) -> list[Hint]:
         return []
     import numpy as np
 
-    values = np.asarray(analysis.tensors[SD2_VPRED_KEY].read(), dtype=np.float64)
+    from .model import read_all
+
+    values = read_all(analysis.tensors[SD2_VPRED_KEY]).astype(np.float64)
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
     value = "v-prediction" if std > SD2_VPRED_STD else "epsilon"
     evidence = f"std of {SD2_VPRED_KEY.split('model.', 2)[-1]} is {std:.3f}, threshold 0.09"

@@ -10,15 +10,14 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from .casting import cast
 from .dtypes import DType
-from .model import DEFAULT_CHUNK_BYTES, TensorRef, work_on_read
-
-T = TypeVar("T")
+from .model import DEFAULT_CHUNK_BYTES, TensorRef
+from .storage import Chunk
 
 # A transform gets a chunk of source values and the index of its first element, and returns the
 # replacement values (same length; any dtype, they are converted to the entry's dtype after).
@@ -27,7 +26,10 @@ Transform = Callable[[np.ndarray, int], np.ndarray]
 
 @dataclass(frozen=True)
 class PlanEntry:
-    """One output tensor: its name, where its values come from, and the dtype it is written in."""
+    """One output tensor: its name, where its values come from, and the dtype it is written in.
+
+    A `Tensor` (model.py) like the TensorRef it reads, so that whatever looks at values (the
+    metric, diff, checks) takes a file's tensors and a plan's alike."""
 
     name: str
     source: TensorRef
@@ -45,12 +47,6 @@ class PlanEntry:
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
-
-    def read(self) -> np.ndarray:
-        """All output values at once (for small tensors: position ids)."""
-        chunks = [chunk.copy() for chunk in self.iter_chunks()]
-        flat = np.concatenate(chunks) if chunks else np.zeros(0, self.dtype.numpy)
-        return flat.reshape(self.shape)
 
     def renamed(self, name: str) -> PlanEntry:
         return PlanEntry(name, self.source, self.dtype, self.transform)
@@ -73,32 +69,16 @@ class PlanEntry:
         """Values pass through unchanged: no cast, no transform."""
         return self.transform is None and self.dtype == self.source.dtype
 
-    def chunk_jobs(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Callable[[], Any]]:
-        """Per chunk, the work that reads it and turns it into output values (transform, cast),
-        so that reading and casting run in worker threads while the caller writes."""
-        for _, job in self.chunk_reads(max_bytes):
-            yield job
-
-    def chunk_reads(
-        self, max_bytes: int = DEFAULT_CHUNK_BYTES
-    ) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
-        """Per chunk, its length and the work that returns its output values."""
+    def chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Chunk]:
+        """Per chunk, its length and the work that reads it and turns it into output values
+        (transform, cast), so that reading and casting run in worker threads while the caller
+        writes."""
         # Size chunks by the wider of the two dtypes so that neither side exceeds max_bytes.
         widest = max(self.source.dtype.itemsize, self.dtype.itemsize)
         start = 0
-        for count, read in self.source.chunk_reads(
-            max_bytes * self.source.dtype.itemsize // widest
-        ):
+        for count, read in self.source.chunks(max_bytes * self.source.dtype.itemsize // widest):
             yield count, partial(self._read_and_convert, read, start)
             start += count
-
-    def chunk_work(
-        self, max_bytes: int = DEFAULT_CHUNK_BYTES
-    ) -> Iterator[tuple[int, Callable[[Callable[[np.ndarray], T]], T]]]:
-        """Per chunk, its length and a function that runs some work on its output values, as
-        TensorRef.chunk_work does (a plan's values are computed, so they are always copies)."""
-        for count, read in self.chunk_reads(max_bytes):
-            yield count, partial(work_on_read, read)
 
     def _read_and_convert(self, read: Callable[[], np.ndarray], start: int) -> np.ndarray:
         return self._convert(read(), start)
@@ -106,11 +86,6 @@ class PlanEntry:
     def _convert(self, chunk: np.ndarray, start: int) -> np.ndarray:
         values = chunk if self.transform is None else self.transform(chunk, start)
         return convert_values(values, self.dtype)
-
-    def iter_chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
-        """Output values in C order, chunk by chunk, already in the output dtype."""
-        for job in self.chunk_jobs(max_bytes):
-            yield job()
 
 
 def convert_values(values: np.ndarray, target: DType) -> np.ndarray:

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ..errors import FormatError
-from ..model import FileData, ModelFile
+from ..model import ModelFile
+from ..storage import FileData
 from . import safetensors, sniff, torch_legacy, torch_zip
 
 # Extensions that name a torch checkpoint when writing; reading looks at the bytes, not the name.

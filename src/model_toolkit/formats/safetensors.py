@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ..dtypes import DTYPES
 from ..errors import FormatError, UsageError
 from ..execute import Tap, output_chunks
-from ..model import FileData, ModelFile, Storage, TensorRef
+from ..model import ModelFile, TensorRef
+from ..storage import FileData, FileSpan
 
 if TYPE_CHECKING:
     import numpy as np
@@ -132,7 +133,7 @@ def read(path: Path, data: FileData) -> ModelFile:
     tensors = {}
     for name, info in entries.items():
         begin, end = info["data_offsets"]
-        storage = Storage(data, base + begin, end - begin)
+        storage = FileSpan(data, base + begin, end - begin)
         tensors[name] = TensorRef(name, DTYPES[info["dtype"]], tuple(info["shape"]), storage)
     return ModelFile(path, "safetensors", tensors, dict(metadata), data)
 

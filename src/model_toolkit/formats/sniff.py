@@ -18,7 +18,7 @@ import zipfile
 from typing import Any
 
 from ..errors import FormatError
-from ..model import FileData
+from ..storage import FileData
 from . import pickle_scan, safetensors, torch_zip, unpickler
 from .torch_common import MAX_PICKLE_BYTES
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
-from ..model import FileData, ModelFile, Storage, TensorRef
+from ..model import ModelFile, TensorRef
+from ..storage import FileData, FileSpan, Storage
 from . import sniff, unpickler
 from .torch_common import MAX_PICKLE_BYTES, split_checkpoint
 
@@ -70,7 +71,7 @@ def read(path: Path, data: FileData) -> ModelFile:
         nbytes = numel * stub.dtype.itemsize
         if position + 8 + nbytes > data.size:
             raise FormatError(f"{name} is truncated (storage {key} runs past the end)")
-        storages[key] = Storage(data, position + 8, nbytes)
+        storages[key] = FileSpan(data, position + 8, nbytes)
         position += 8 + nbytes
     if position != data.size:
         # torch never reads past the last storage, but another tool might: say what is there.

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import FormatError
 from ..execute import Tap, output_chunks
-from ..model import FileData, ModelFile, Storage, TensorRef
+from ..model import ModelFile, TensorRef
+from ..storage import FileData, FileSpan, Storage, ZipMember
 from ..text import printable
 from . import pickle_writer, unpickler
 from .torch_common import MAX_PICKLE_BYTES, split_checkpoint
@@ -177,9 +178,9 @@ def read(path: Path, data: FileData) -> ModelFile:
             if info.compress_type == zipfile.ZIP_STORED:
                 if info.compress_size != info.file_size:
                     raise FormatError(f"{name}: storage {printable(member)} has inconsistent sizes")
-                storage = Storage(data, _data_offset(data, info, name), nbytes)
+                storage = FileSpan(data, _data_offset(data, info, name), nbytes)
             else:
-                storage = Storage(data, 0, nbytes, member=member)
+                storage = ZipMember(data, member, nbytes)
             storages[stub.key] = storage
             return storage
 

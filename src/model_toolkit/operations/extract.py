@@ -36,8 +36,7 @@ def extract(
     entries = entries_of(source)
     pairs = standalone_entries(found, component_entries(found, analysis, entries))
     planned = [
-        finish(entry, key, precision, key.endswith(POSITION_IDS), fix_clip)
-        for key, entry in pairs
+        finish(entry, key, precision, key.endswith(POSITION_IDS), fix_clip) for key, entry in pairs
     ]
     operation = {
         "op": "extract",
