@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.registry import Key, Registry, load_registry
 from .dtypes import DTYPES, DType, auto_precision, float_bytes, target_dtype
-from .model import ModelFile, TensorRef
+from .model import Source, Tensor
 
 if TYPE_CHECKING:
-    from .plan import Plan, PlanEntry
+    pass
 
 EMA_PREFIX = "model_ema."
 # Old NAI-style checkpoints lack `text_model.` in their CLIP keys; they are renamed on the way.
@@ -44,7 +44,7 @@ class Sizes:
 class Analysis:
     path: str  # the file analysed ("" for a plan not yet written)
     format: str  # "safetensors", "torch-zip", "torch-legacy", or "plan"
-    tensors: dict[str, TensorRef | PlanEntry]  # by name, in file order
+    tensors: dict[str, Tensor]  # by name, in file order
     detection: Detection
     sizes: Sizes
     kept_keys: list[str]  # allowed by the resolved architecture
@@ -88,18 +88,14 @@ def misplaced_parts(detection: Detection, registry: Registry) -> dict[str, tuple
 
 
 def analyze(
-    model: ModelFile | Plan, precision: DType | None = DTYPES["F16"], keep_ema: bool = False
+    model: Source, precision: DType | None = DTYPES["F16"], keep_ema: bool = False
 ) -> Analysis:
     """Identify a file, or the output of a plan, and size what pruning to `precision` (fp16 by
     default, None: keep) would do. A plan is analysed as the file it would write, so that
     operations compose."""
     registry = load_registry()
-    if isinstance(model, ModelFile):
-        tensors: dict[str, TensorRef | PlanEntry] = dict(model.tensors)
-        path, file_format = str(model.path), model.format
-    else:  # a Plan (not imported here: it needs numpy, which identifying does not)
-        tensors = {e.name: e for e in model.entries}
-        path, file_format = model.origin, "plan"
+    tensors = dict(model.tensors)
+    path, file_format = model.origin, model.format
     shapes = {name: ref.shape for name, ref in tensors.items()}
     detection = detect(shapes, registry)
     if precision is not None and precision.narrow_only:  # `auto`: this model's 16-bit type

@@ -24,6 +24,8 @@ from .text import printable
 if TYPE_CHECKING:
     import numpy as np
 
+    from .plan import PlanEntry
+
 T = TypeVar("T")
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024  # large enough for few syscalls, small enough for caches
@@ -290,6 +292,24 @@ def _contiguous_blocks(view: np.ndarray, per_chunk: int) -> Iterator[np.ndarray]
         yield from _contiguous_blocks(view[index], per_chunk)
 
 
+class Source(Protocol):
+    """What operations and `analyze` take: an opened file (ModelFile) or the output of another
+    operation (Plan), so that operations compose without reading a tensor. Both offer the
+    same attributes, so no code asks which one it has."""
+
+    format: str  # "safetensors", "torch-zip", "torch-legacy", or "plan"
+    metadata: dict[str, Any]
+
+    @property
+    def tensors(self) -> Mapping[str, Tensor]: ...
+
+    @property
+    def entries(self) -> list[PlanEntry]: ...
+
+    @property
+    def origin(self) -> str: ...
+
+
 @dataclass
 class ModelFile:
     """An opened model file: its tensors by name and its metadata, nothing read beyond headers.
@@ -307,6 +327,18 @@ class ModelFile:
     @property
     def nbytes(self) -> int:
         return sum(ref.nbytes for ref in self.tensors.values())
+
+    @property
+    def origin(self) -> str:
+        """The file, as a Plan names the file it mostly comes from (see Source)."""
+        return str(self.path)
+
+    @property
+    def entries(self) -> list[PlanEntry]:
+        """Every tensor as a plan entry that copies it: the file as a plan (see Source)."""
+        from .plan import PlanEntry  # numpy: only operations ask for entries
+
+        return [PlanEntry(name, ref, ref.dtype) for name, ref in self.tensors.items()]
 
     def close(self) -> None:
         if self._data is not None:

@@ -109,6 +109,13 @@ class Plan:
     origin: str = ""  # the file the plan mostly comes from, for reports and default names
     warnings: list[str] = field(default_factory=list)  # what the user must know (partial model)
 
+    format = "plan"
+
     @property
     def nbytes(self) -> int:
         return sum(entry.nbytes for entry in self.entries)
+
+    @property
+    def tensors(self) -> dict[str, PlanEntry]:
+        """The entries by name, as a ModelFile's tensors (see model.Source)."""
+        return {entry.name: entry for entry in self.entries}

@@ -6,14 +6,13 @@ from ..analysis import analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DType, target_dtype
 from ..errors import MissingPartsError, UsageError
+from ..model import Source
 from ..plan import Plan
 from .common import (
-    Source,
     check_class,
     component_entries,
     entries_of,
     find_component,
-    origin_of,
     record,
     slot_prefix,
     source_name,
@@ -57,7 +56,7 @@ def build(
                 entry.renamed(prefix + key).cast_to(target_dtype(entry.dtype, precision))
             )
         steps.append({"class": cls, "component": found.component.name, "from": name})
-    origin = origin_of(parts[0][1]) if parts else ""
+    origin = parts[0][1].origin if parts else ""
     warnings = [f"{arch_name} is missing {', '.join(missing)}"] if missing else []
     metadata = record({}, {"op": "build", "architecture": arch_name, "parts": steps})
     return Plan(planned, metadata, origin, warnings)

@@ -18,28 +18,20 @@ from ..architectures.detect import resolve_class
 from ..architectures.registry import Architecture, Component, load_registry
 from ..dtypes import DTYPES, PRECISIONS, DType, target_dtype
 from ..errors import UsageError
-from ..model import ModelFile, TensorRef
-from ..plan import Plan, PlanEntry
+from ..model import Source, TensorRef
+from ..plan import PlanEntry
 from ..version import __version__
 
-Source = ModelFile | Plan
 HISTORY_KEY = "modeltoolkit.history"
 
 
 def source_name(source: Source) -> str:
-    origin = origin_of(source)
-    return Path(origin).name if origin else "the model"
+    return Path(source.origin).name if source.origin else "the model"
 
 
 def entries_of(source: Source) -> dict[str, PlanEntry]:
-    """Every tensor of a source as a plan entry that copies it."""
-    if isinstance(source, Plan):
-        return {entry.name: entry for entry in source.entries}
-    return {name: PlanEntry(name, ref, ref.dtype) for name, ref in source.tensors.items()}
-
-
-def origin_of(source: Source) -> str:
-    return source.origin if isinstance(source, Plan) else str(source.path)
+    """Every tensor of a source as a plan entry (a file's copy theirs), by name."""
+    return {entry.name: entry for entry in source.entries}
 
 
 def check_class(cls: str) -> None:

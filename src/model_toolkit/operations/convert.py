@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..dtypes import DType, target_dtype
+from ..model import Source
 from ..plan import Plan
-from .common import Source, entries_of, origin_of
+from .common import entries_of
 
 
 def convert(source: Source, precision: DType | None = None) -> Plan:
@@ -12,4 +13,4 @@ def convert(source: Source, precision: DType | None = None) -> Plan:
     entries = [
         entry.cast_to(target_dtype(entry.dtype, precision)) for entry in entries_of(source).values()
     ]
-    return Plan(entries, dict(source.metadata), origin_of(source))
+    return Plan(entries, dict(source.metadata), source.origin)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from ..analysis import POSITION_IDS, analyze
 from ..dtypes import DType
 from ..hints import markers_in, prediction_type
+from ..model import Source
 from ..plan import Plan
 from .common import (
-    Source,
     component_entries,
     entries_of,
     find_component,
     finish,
-    origin_of,
     precision_name,
     record,
     source_name,
@@ -53,4 +52,4 @@ def extract(
         prediction = prediction_type(analysis.tensors, source.metadata)
         if prediction:
             metadata["modelspec.prediction_type"] = prediction
-    return Plan(planned, metadata, origin_of(source))
+    return Plan(planned, metadata, source.origin)

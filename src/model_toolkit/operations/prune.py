@@ -7,8 +7,9 @@ from ..architectures.detect import allowed_keys
 from ..architectures.registry import load_registry
 from ..dtypes import AUTO, DType
 from ..errors import UsageError
+from ..model import Source
 from ..plan import Plan
-from .common import Source, entries_of, finish, origin_of, precision_name, record, source_name
+from .common import entries_of, finish, precision_name, record, source_name
 
 
 def prune(
@@ -77,4 +78,4 @@ def prune(
         "dropped": list(drop),
         "from": name,
     }
-    return Plan(planned, record(source.metadata, operation), origin_of(source), warnings)
+    return Plan(planned, record(source.metadata, operation), source.origin, warnings)

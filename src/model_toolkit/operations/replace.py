@@ -6,14 +6,13 @@ from ..analysis import analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DType, dominant_float, target_dtype
 from ..errors import UsageError
+from ..model import Source
 from ..plan import Plan
 from .common import (
-    Source,
     check_class,
     component_entries,
     entries_of,
     find_component,
-    origin_of,
     record,
     slot_prefix,
     source_name,
@@ -79,4 +78,4 @@ def replace(
         "from": source_name_,
         "into": target_name,
     }
-    return Plan(planned, record(target.metadata, operation), origin_of(target))
+    return Plan(planned, record(target.metadata, operation), target.origin)

@@ -18,9 +18,8 @@ from ..dtypes import DType, precision_dtype
 from ..errors import ModelToolkitError, UsageError
 from ..findings import gather_findings
 from ..formats import open_model
-from ..model import ModelFile
+from ..model import ModelFile, Source
 from ..names import output_stem, stem_of
-from ..operations.common import Source
 from ..plan import Plan
 from ..report import FIX_CLIP_HINT, Findings, advanced_report, basic_report
 from ..write import ProgressCallback, write_plan
