@@ -70,3 +70,32 @@ def test_a_slow_call_holds_up_only_its_own_caller(pool):
     assert pool.call(hang, 0, timeout=60) == "slept"
     assert time.monotonic() - started < 10
     slow.join()
+
+
+def test_workers_find_the_package_where_the_caller_found_it(tmp_path):
+    """As in a webui: the package imported from a folder that is then taken off sys.path (the
+    webui restores sys.path after loading each extension script). The workers still start."""
+    import subprocess
+    import sys
+
+    from model_toolkit.isolated import PACKAGE_ROOT
+
+    script = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from model_toolkit.isolated import WorkerPool\n"
+        "from model_toolkit.text import printable\n"
+        "sys.path.remove(sys.argv[1])\n"
+        "with WorkerPool() as pool:\n"
+        "    print(pool.call(printable, 'in a worker', timeout=60))\n"
+    )
+    # -S: no site-packages, so the package is found only where the caller put it.
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", script, PACKAGE_ROOT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "in a worker"

@@ -19,12 +19,27 @@ import multiprocessing
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ModelToolkitError
 
 T = TypeVar("T")
 GIB = 1 << 30
+
+# A worker's first code, run by the builtin exec in the new process, so that nothing of ours is
+# unpickled before the package is importable there from where this process imported it. A
+# webui loads the extension from its own folder and puts sys.path back after each script it
+# loads, and a worker is given the parent's sys.path: one started with `_serve` as its target
+# died at once in a real Forge ("No module named 'model_toolkit'").
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_BOOT = """
+import sys
+if package_root not in sys.path:
+    sys.path.insert(0, package_root)
+from model_toolkit.isolated import _serve
+_serve(connection)
+"""
 
 
 class IsolatedError(ModelToolkitError):
@@ -50,7 +65,8 @@ class _Worker:
     def __init__(self, context: Any) -> None:
         with self._starting:
             self.connection, theirs = context.Pipe()
-            self.process = context.Process(target=_serve, args=(theirs,), daemon=True)
+            names = {"connection": theirs, "package_root": PACKAGE_ROOT}
+            self.process = context.Process(target=exec, args=(_BOOT, names), daemon=True)
             self.process.start()
             theirs.close()
 
