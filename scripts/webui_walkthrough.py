@@ -47,7 +47,8 @@ class Walk:
         print(f"step {self.step}: {what}", flush=True)
 
     def tab(self, name: str) -> None:
-        self.page.get_by_role("tab", name=name, exact=True).first.click()
+        tabs = self.page.get_by_role("tab", name=name, exact=True)
+        tabs.locator("visible=true").first.click()
         self.page.wait_for_timeout(500)
 
     def choose(self, elem_id: str, label: str) -> None:
@@ -170,19 +171,19 @@ def autoprune_on_reload(walk: Walk, url: str, models: Path) -> None:
     import subprocess
 
     walk.tab("Settings")
-    walk.page.get_by_text("Model Toolkit", exact=True).first.click()
+    walk.page.locator("#settings").get_by_text("Model Toolkit", exact=True).first.click()
     walk.page.wait_for_timeout(500)
-    walk.shot("settings section")
-    box = walk.page.get_by_label("Enable Autopruning")
+    box = walk.page.locator("#setting_model_toolkit_autoprune input[type=checkbox]")
     if not box.is_checked():
         box.check()
-    walk.page.get_by_role("button", name="Apply settings").click()
+    walk.shot("settings section, autopruning ticked")
+    walk.click("settings_submit")
     walk.page.wait_for_timeout(2000)
     inbox = models / "Autoprune"
     inbox.mkdir(exist_ok=True)
     bloated = inbox / "demo.safetensors"
     subprocess.run([sys.executable, "-m", "model_toolkit", "demo", str(bloated)], check=True)
-    walk.page.get_by_role("button", name="Reload UI").first.click()
+    walk.click("settings_restart_gradio")
     wait_for_server(url, down_first=False)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (inbox / bloated.name).exists():
@@ -207,6 +208,7 @@ def main() -> None:
     parser.add_argument("--install-url")
     parser.add_argument("--autoprune", action="store_true", help="then autoprune on Reload UI")
     parser.add_argument("--shots", type=Path, default=Path("walkthrough-shots"))
+    parser.add_argument("--only-autoprune", action="store_true")
     parser.add_argument("--make-models", action="store_true")
     args = parser.parse_args()
     if args.make_models:
@@ -226,8 +228,9 @@ def main() -> None:
         walk.shot("webui started")
         if args.install_url:
             install(walk, args.url, args.install_url)
-        walkthroughs(walk, args.models)
-        if args.autoprune:
+        if not args.only_autoprune:
+            walkthroughs(walk, args.models)
+        if args.autoprune or args.only_autoprune:
             autoprune_on_reload(walk, args.url, args.models)
         browser.close()
     print("walk-through done", flush=True)
