@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .architectures.detect import Detection, allowed_keys, detect
+from .architectures.locate import POSITION_IDS
 from .architectures.registry import Key, Registry, load_registry
 from .dtypes import DTYPES, DType, auto_precision, float_bytes, target_dtype
 from .model import Source, Tensor
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 EMA_PREFIX = "model_ema."
 # Old NAI-style checkpoints lack `text_model.` in their CLIP keys; they are renamed on the way.
-POSITION_IDS = "embeddings.position_ids"
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from .analysis import analyze
+from .architectures.locate import find_component
 from .model import ModelFile, values
-from .operations.common import component_entries, entries_of, find_component
+from .operations.common import component_entries, entries_of
 from .plan import PlanEntry
 
 CHUNK_ELEMENTS = 1 << 20
@@ -127,7 +128,7 @@ def diff_models(model_a: ModelFile, model_b: ModelFile) -> ModelDiff:
             ("b", analysis_b, entries_b, used_b),
         ):
             if cls in analysis.components:
-                spot = find_component(analysis, cls, None, side)
+                spot = find_component(analysis.detection, cls, None, side)
                 pairs = component_entries(spot, analysis, entries)
                 used.update(entry.name for _, entry in pairs)
                 found[side] = (spot.component.name, dict(pairs))

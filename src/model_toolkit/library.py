@@ -59,12 +59,13 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
     """One file's record: identification, sizes, component fingerprints, optionally hashes.
     Runs in a worker process; never raises for a bad file (the record says what is wrong)."""
     from .analysis import analyze
+    from .architectures.locate import find_component
     from .architectures.registry import load_registry
     from .dtypes import dominant_float
     from .fingerprints import compute_metric, content_fingerprint, known_components
     from .formats import open_model
     from .hashes import compute_hashes
-    from .operations.common import component_entries, entries_of, find_component
+    from .operations.common import component_entries, entries_of
 
     path = Path(path_text)
     record: dict[str, Any] = {"status": "ok"}
@@ -88,7 +89,7 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
             entries = entries_of(model)
             fingerprints = {}
             for cls in analysis.components:
-                found = find_component(analysis, cls, None, path.name)
+                found = find_component(analysis.detection, cls, None, path.name)
                 pairs = component_entries(found, analysis, entries)
                 fingerprints[cls] = [found.component.name, content_fingerprint(pairs)]
             record["fingerprints"] = fingerprints

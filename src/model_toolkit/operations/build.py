@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from ..analysis import analyze
+from ..architectures.locate import check_class, find_component
 from ..architectures.registry import load_registry
 from ..dtypes import DType, target_dtype
 from ..errors import MissingPartsError, UsageError
 from ..model import Source
 from ..plan import Plan
 from .common import (
-    check_class,
     component_entries,
     entries_of,
-    find_component,
     record,
     slot_prefix,
     source_name,
@@ -49,7 +48,7 @@ def build(
     for cls, source, component in parts:
         name = source_name(source)
         analysis = analyze(source)
-        found = find_component(analysis, cls, component, name)
+        found = find_component(analysis.detection, cls, component, name)
         prefix = slot_prefix(arch, cls, found.output_component)
         for key, entry in component_entries(found, analysis, entries_of(source)):
             planned.append(

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..analysis import POSITION_IDS, Analysis
-from ..architectures.detect import resolve_class
+from ..analysis import Analysis
+from ..architectures.locate import Found, component_names
 from ..architectures.registry import Architecture, Component, load_registry
 from ..dtypes import DTYPES, PRECISIONS, DType, target_dtype
-from ..errors import UsageError
 from ..model import Source, TensorRef
 from ..plan import PlanEntry
 from ..version import __version__
@@ -34,98 +32,17 @@ def entries_of(source: Source) -> dict[str, PlanEntry]:
     return {entry.name: entry for entry in source.entries}
 
 
-def check_class(cls: str) -> None:
-    registry = load_registry()
-    classes = sorted({c.cls for c in registry.components.values()})
-    if cls not in classes:
-        raise UsageError(f"unknown class {cls!r}; classes are: {', '.join(classes)}")
-
-
-@dataclass(frozen=True)
-class Found:
-    """A component located in a source: where its keys are and what they will be called."""
-
-    component: Component
-    prefixed: bool  # its keys carry the component's prefix in the source
-    # Standing in for another class's component (registry `serving`): (that component, the
-    # key prefix to remove). A CLIP-L file imported as SD-v1's CLIP.
-    serving: tuple[str, str] | None = None
-
-    @property
-    def output_component(self) -> Component:
-        """An EMA copy comes out as the component it copies (keys with dots); a stand-in as
-        the component it stands in for."""
-        registry = load_registry()
-        if self.serving:
-            return registry.components[self.serving[0]]
-        return registry.components[self.component.ema_of or self.component.name]
-
-
-def find_component(analysis: Analysis, cls: str, component: str | None, name: str) -> Found:
-    """The component of class `cls` in a source: the named one, or the best one found.
-
-    `cls` may be the class of an EMA copy's original (UNET-v1 finds UNET-v1-EMA only when named).
-    """
-    check_class(cls)
-    registry = load_registry()
-    detection = analysis.detection
-    order = [detection.resolved] if detection.resolved else []
-    order += [a for a in detection.found if a not in order]
-    for arch in order:
-        prefixed = registry.architectures[arch].prefixed
-        for found_cls, members in detection.found[arch].items():
-            if component is not None:
-                if component not in members:
-                    continue
-                spec = registry.components[component]
-                original = registry.components[spec.ema_of] if spec.ema_of else spec
-                if cls not in (spec.cls, original.cls):
-                    raise UsageError(f"{component} is a {spec.cls}, not a {cls}")
-                return Found(spec, prefixed)
-            if found_cls == cls:
-                chosen = resolve_class(members, registry)[0]
-                return Found(registry.components[chosen], prefixed)
-    if component is None:  # a file of another class that can stand in for this one
-        for arch in order:
-            for members in detection.found[arch].values():
-                for member in members:
-                    if cls in registry.serving.get(member, {}):
-                        prefixed = registry.architectures[arch].prefixed
-                        serving = registry.serving[member][cls]
-                        return Found(registry.components[member], prefixed, serving)
-    wanted = component or cls
-    raise UsageError(f"{name} does not contain a {wanted}")
-
-
 def component_entries(
     found: Found, analysis: Analysis, entries: dict[str, PlanEntry]
 ) -> list[tuple[str, PlanEntry]]:
-    """(key without prefix, entry) for each tensor of a found component, in source order.
-
-    An EMA copy's keys get their dots back (`input_blocks00weight` -> `input_blocks.0.0.weight`).
-    """
-    component = found.component
-    prefix = component.prefix if found.prefixed else ""
-    wanted = {prefix + key: (key, shape) for key, shape in component.keys}
-    dotted = {}
-    if component.ema_of:
-        dotted = {k.replace(".", ""): k for k, _ in found.output_component.keys}
-    strip = found.serving[1] if found.serving else ""
-    result = []
-    for name, entry in entries.items():
-        if name in wanted and analysis.detection.keys[name] == (name, wanted[name][1]):
-            key = wanted[name][0]
-            if strip and key.startswith(strip):
-                key = key[len(strip) :]
-            result.append((dotted.get(key, key), entry))
-    if found.serving:
-        # What the stand-in's naming leaves out and the class's own keeps: CLIP position ids.
-        names = {key for key, _ in result}
-        for key, shape in found.output_component.keys:
-            if key == POSITION_IDS and key not in names:
-                ids = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
-                ref = TensorRef.from_array(key, ids, DTYPES["I64"])
-                result.append((key, PlanEntry(key, ref, DTYPES["I64"])))
+    """(key without prefix, entry) for each tensor of a found component, in source order, and
+    the CLIP position ids a stand-in's naming leaves out and its output class keeps (0..76)."""
+    located, missing = component_names(found, analysis.detection)
+    result = [(key, entries[name]) for key, name in located]
+    i64 = DTYPES["I64"]
+    for key, shape in missing:
+        ids = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+        result.append((key, PlanEntry(key, TensorRef.from_array(key, ids, i64), i64)))
     return result
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..analysis import POSITION_IDS, analyze
+from ..analysis import analyze
+from ..architectures.locate import POSITION_IDS, find_component
 from ..dtypes import DType
 from ..hints import markers_in, prediction_type
 from ..model import Source
@@ -10,7 +11,6 @@ from ..plan import Plan
 from .common import (
     component_entries,
     entries_of,
-    find_component,
     finish,
     precision_name,
     record,
@@ -31,7 +31,7 @@ def extract(
     name = source_name(source)
     analysis = analyze(source, precision)
     precision = analysis.precision  # `auto` resolved for this model
-    found = find_component(analysis, cls, component, name)
+    found = find_component(analysis.detection, cls, component, name)
     entries = entries_of(source)
     pairs = standalone_entries(found, component_entries(found, analysis, entries))
     planned = [

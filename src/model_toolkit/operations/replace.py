@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from ..analysis import analyze
+from ..architectures.locate import check_class, find_component
 from ..architectures.registry import load_registry
 from ..dtypes import DType, dominant_float, target_dtype
 from ..errors import UsageError
 from ..model import Source
 from ..plan import Plan
 from .common import (
-    check_class,
     component_entries,
     entries_of,
-    find_component,
     record,
     slot_prefix,
     source_name,
@@ -40,7 +39,7 @@ def replace(
     if cls not in arch.all_classes:
         raise UsageError(f"{arch_name} cannot contain {cls}")
     source_analysis = analyze(source)
-    found = find_component(source_analysis, cls, component, source_name_)
+    found = find_component(source_analysis.detection, cls, component, source_name_)
     incoming = found.output_component
     if incoming.cls != cls:
         raise UsageError(f"{arch_name} cannot contain {incoming.cls}")
