@@ -100,8 +100,8 @@ def sdxl_plan(scale: int) -> Plan:
 def metric_bytes(path: str) -> int:
     """How many bytes of the file the metric reads: the floor of the metric case."""
     from model_toolkit.analysis import analyze
-    from model_toolkit.fingerprints import metric_tensors
     from model_toolkit.formats import open_model
+    from model_toolkit.metric import metric_tensors
 
     with open_model(path) as model:
         return sum(ref.nbytes for _, ref in metric_tensors(analyze(model)))
@@ -113,8 +113,8 @@ def metric_pass_seconds(path: str) -> float:
     import time
 
     from model_toolkit.analysis import analyze
-    from model_toolkit.fingerprints import compute_metric
     from model_toolkit.formats import open_model
+    from model_toolkit.metric import compute_metric
 
     with open_model(path) as model:
         analysis = analyze(model)

@@ -14,7 +14,7 @@ import pytest
 
 import model_toolkit as mtk
 from model_toolkit.architectures.keylists import load_path
-from model_toolkit.fingerprints import lora_alphas
+from model_toolkit.readings import lora_alphas
 
 LORA = Path(__file__).parent / "data" / "keys" / "lora"
 

@@ -11,7 +11,8 @@ import model_toolkit as mtk
 from conftest import PRINT_PEAK_RSS_KIB, key_list, run_python, write_sparse_safetensors
 from model_toolkit.analysis import analyze
 from model_toolkit.architectures import keylists
-from model_toolkit.fingerprints import Metric, broken_position_ids, compute_metric, known_components
+from model_toolkit.metric import Metric, compute_metric, known_components
+from model_toolkit.readings import broken_position_ids
 from model_toolkit.sigmoid import half_tables, torch_sigmoid
 
 
@@ -207,7 +208,7 @@ def test_compiled_sums_equal_numpy_sums(dtype, portable, monkeypatch, request):
     """The compiled one-pass sum (rounding to float16 included) against numpy's gather-and-sum,
     with the vector/scalar cut anywhere, NaN and infinities included."""
     from model_toolkit import casting
-    from model_toolkit.fingerprints import _chunk_sum
+    from model_toolkit.metric import _chunk_sum
 
     if casting.kernels is None:
         pytest.skip("the compiled kernels are not built here (no C compiler at install)")
@@ -239,7 +240,7 @@ def test_metric_memory_stays_small_though_it_maps_the_file(tmp_path):
     path = write_sparse_safetensors(tmp_path / "vae.safetensors", entries, dtype="F32")
     script = (
         "import model_toolkit as m, sys\n"
-        "from model_toolkit.fingerprints import compute_metric\n"
+        "from model_toolkit.metric import compute_metric\n"
         "with m.open(sys.argv[1]) as f:\n"
         "    print(compute_metric(m.analyze(f)).string)\n" + PRINT_PEAK_RSS_KIB
     )

@@ -365,7 +365,8 @@ def test_diffusers_components(name, arch, component):
 
 
 def test_new_classes_get_fingerprints_that_ignore_the_float_width(tmp_path):
-    from model_toolkit.fingerprints import class_fingerprints, compute_metric
+    from model_toolkit.fingerprints import class_fingerprints
+    from model_toolkit.metric import compute_metric
 
     vae = keylists.load("VAE-v3-SD")
     shape = dict(vae)["decoder.conv_in.weight"]
@@ -477,7 +478,7 @@ def test_an_sdxl_base_given_a_bare_big_clip_puts_it_in_the_base_slot(tmp_path):
 
 def test_extracted_text_encoders_are_named_by_class_and_a_bare_unet_keeps_the_markers(tmp_path):
 
-    from model_toolkit.names import component_suffix
+    from model_toolkit.filenames import component_suffix
 
     assert [component_suffix(c) for c in ("CLIP-XL", "CLIP-XL-AUX", "T5-XXL", "CLIP-v1")] == [
         "clip_g",

@@ -144,7 +144,7 @@ def test_interrupted_write_leaves_nothing(tmp_path):
             out.write_bytes(b"old")
         with mtk.open(source) as model:
             plan = mtk.convert(model)
-            plan.entries[1] = PlanEntry("b", plan.entries[1].source, plan.entries[1].dtype, explode)
+            plan.entries[1] = PlanEntry("b", plan.entries[1].reads, plan.entries[1].dtype, explode)
             with pytest.raises(KeyboardInterrupt):
                 mtk.write_plan(plan, out, overwrite=True)
         names = sorted(p.name for p in tmp_path.iterdir())

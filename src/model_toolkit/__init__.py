@@ -23,8 +23,8 @@ from .version import __version__
 if TYPE_CHECKING:
     from .analysis import Analysis, analyze
     from .dtypes import DTYPES, DType, precision_dtype
-    from .fingerprints import Metric, compute_metric
     from .formats import open_model
+    from .metric import Metric, compute_metric
     from .model import ModelFile, Tensor, TensorRef, read_all, values
     from .operations import convert
     from .plan import Plan, PlanEntry
@@ -40,8 +40,8 @@ _LAZY = {
     "DTYPES": "dtypes",
     "DType": "dtypes",
     "precision_dtype": "dtypes",
-    "Metric": "fingerprints",
-    "compute_metric": "fingerprints",
+    "Metric": "metric",
+    "compute_metric": "metric",
     "open_model": "formats",
     "ModelFile": "model",
     "Tensor": "model",

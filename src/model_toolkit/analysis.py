@@ -1,7 +1,8 @@
 """Analysis: what a file is and what pruning would do, from names, shapes and dtypes only.
 
 Everything here is a pure function of the header. Facts that need tensor values (the metric,
-broken position ids) are computed in fingerprints.py, only when asked.
+broken position ids) are computed in metric.py, fingerprints.py and readings.py, only when
+asked.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from .errors import (
     OutputExistsError,
     UnknownLayoutError,
 )
+from .filenames import free_name, output_stem, stem_of
 from .formats import open_model
-from .names import free_name, output_stem, stem_of
 from .text import printable, terminal_safe
 from .version import __version__
 

@@ -91,7 +91,7 @@ class _Totals:
 
 
 def _chunks(entry: PlanEntry) -> Any:
-    return values(entry.source, CHUNK_ELEMENTS * entry.source.dtype.itemsize)
+    return values(entry.reads, CHUNK_ELEMENTS * entry.reads.dtype.itemsize)
 
 
 def _compare(pairs: list[tuple[str, PlanEntry, PlanEntry]], result: ClassDiff) -> None:

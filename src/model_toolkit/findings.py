@@ -22,13 +22,9 @@ def gather_findings(
     findings = Findings(hints=header_hints(analysis, metadata))
     if not read_data:
         return findings
-    from .fingerprints import (
-        broken_position_ids,
-        class_fingerprints,
-        compute_metric,
-        known_components,
-        lora_alphas,
-    )
+    from .fingerprints import class_fingerprints
+    from .metric import compute_metric, known_components
+    from .readings import broken_position_ids, lora_alphas
 
     findings.hints += data_hints(analysis)
     findings.metric = compute_metric(analysis)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelToolkitError, UnsafeFileError
+from .filenames import walk_model_files
 from .isolated import GIB, IsolatedError, WorkerPool
-from .names import walk_model_files
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -62,9 +62,10 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
     from .architectures.locate import find_component
     from .architectures.registry import load_registry
     from .dtypes import dominant_float
-    from .fingerprints import compute_metric, content_fingerprint, known_components
+    from .fingerprints import content_fingerprint
     from .formats import open_model
     from .hashes import compute_hashes
+    from .metric import compute_metric, known_components
     from .operations.common import component_entries, entries_of
 
     path = Path(path_text)

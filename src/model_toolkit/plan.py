@@ -32,13 +32,13 @@ class PlanEntry:
     metric, diff, checks) takes a file's tensors and a plan's alike."""
 
     name: str
-    source: TensorRef
+    reads: TensorRef  # the file (or memory) tensor whose values it writes
     dtype: DType
     transform: Transform | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.source.shape
+        return self.reads.shape
 
     @property
     def numel(self) -> int:
@@ -49,34 +49,34 @@ class PlanEntry:
         return self.numel * self.dtype.itemsize
 
     def renamed(self, name: str) -> PlanEntry:
-        return PlanEntry(name, self.source, self.dtype, self.transform)
+        return PlanEntry(name, self.reads, self.dtype, self.transform)
 
     def cast_to(self, dtype: DType) -> PlanEntry:
         """The same values in another dtype; a cast already planned is kept, then this one."""
         if dtype == self.dtype:
             return self
         if self.is_copy:
-            return PlanEntry(self.name, self.source, dtype)
+            return PlanEntry(self.name, self.reads, dtype)
         earlier = self
 
         def chained(chunk: np.ndarray, start: int) -> np.ndarray:
             return earlier._convert(chunk, start)
 
-        return PlanEntry(self.name, self.source, dtype, chained)
+        return PlanEntry(self.name, self.reads, dtype, chained)
 
     @property
     def is_copy(self) -> bool:
         """Values pass through unchanged: no cast, no transform."""
-        return self.transform is None and self.dtype == self.source.dtype
+        return self.transform is None and self.dtype == self.reads.dtype
 
     def chunks(self, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Chunk]:
         """Per chunk, its length and the work that reads it and turns it into output values
         (transform, cast), so that reading and casting run in worker threads while the caller
         writes."""
         # Size chunks by the wider of the two dtypes so that neither side exceeds max_bytes.
-        widest = max(self.source.dtype.itemsize, self.dtype.itemsize)
+        widest = max(self.reads.dtype.itemsize, self.dtype.itemsize)
         start = 0
-        for count, read in self.source.chunks(max_bytes * self.source.dtype.itemsize // widest):
+        for count, read in self.reads.chunks(max_bytes * self.reads.dtype.itemsize // widest):
             yield count, partial(self._read_and_convert, read, start)
             start += count
 

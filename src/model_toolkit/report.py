@@ -10,7 +10,7 @@ from .architectures.registry import load_registry
 from .hints import Hint
 
 if TYPE_CHECKING:
-    from .fingerprints import Metric
+    from .metric import Metric
 
 JUNK_AS_SIZE = 16 * 1024 * 1024  # below this, junk is counted in keys rather than bytes
 ABBREVIATE = 5

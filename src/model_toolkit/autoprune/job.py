@@ -28,8 +28,8 @@ from ..analysis import analyze
 from ..architectures.registry import load_registry
 from ..dtypes import AUTO, DType
 from ..errors import ModelToolkitError, UsageError
+from ..filenames import free_name, is_model_name, stem_of
 from ..formats import open_model
-from ..names import free_name, is_model_name, stem_of
 from ..operations import convert, prune
 from ..plan import Plan
 from ..report import Findings, advanced_report

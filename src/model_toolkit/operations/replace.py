@@ -21,16 +21,16 @@ from .common import (
 def replace(
     target: Source,
     cls: str,
-    source: Source,
+    donor: Source,
     component: str | None = None,
     precision: DType | None = None,
 ) -> Plan:
     """The original's Import: every tensor of `target`'s class `cls` removed, the component of
-    that class from `source` added under the names `target`'s architecture uses, in the float
+    that class from `donor` added under the names `target`'s architecture uses, in the float
     type of the part it replaces (or of the model) unless `precision` says otherwise."""
     check_class(cls)
     registry = load_registry()
-    target_name, source_name_ = source_name(target), source_name(source)
+    target_name, donor_name = source_name(target), source_name(donor)
     target_analysis = analyze(target)
     arch_name = target_analysis.architecture
     if arch_name is None:
@@ -38,8 +38,8 @@ def replace(
     arch = registry.architectures[arch_name]
     if cls not in arch.all_classes:
         raise UsageError(f"{arch_name} cannot contain {cls}")
-    source_analysis = analyze(source)
-    found = find_component(source_analysis.detection, cls, component, source_name_)
+    donor_analysis = analyze(donor)
+    found = find_component(donor_analysis.detection, cls, component, donor_name)
     incoming = found.output_component
     if incoming.cls != cls:
         raise UsageError(f"{arch_name} cannot contain {incoming.cls}")
@@ -62,7 +62,7 @@ def replace(
     prefix = slot_prefix(arch, cls, incoming)
     added = [
         entry.renamed(prefix + key)
-        for key, entry in component_entries(found, source_analysis, entries_of(source))
+        for key, entry in component_entries(found, donor_analysis, entries_of(donor))
     ]
     if precision is None:
         # Unless asked, the new part follows the model it goes into: an fp32 VAE put into an
@@ -74,7 +74,7 @@ def replace(
         "op": "replace",
         "class": cls,
         "component": found.component.name,
-        "from": source_name_,
+        "from": donor_name,
         "into": target_name,
     }
     return Plan(planned, record(target.metadata, operation), target.origin)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..autoprune.layouts import Layout
 from ..errors import UsageError
-from ..names import MODEL_EXTENSIONS, walk_model_files
+from ..filenames import MODEL_EXTENSIONS, walk_model_files
 
 # Where each kind is saved, and which folders the Source list shows (the original listed
 # checkpoints, components, VAEs and LoRAs).

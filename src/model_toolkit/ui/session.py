@@ -16,10 +16,10 @@ from ..analysis import Analysis, analyze
 from ..architectures.registry import load_registry
 from ..dtypes import DType, precision_dtype
 from ..errors import ModelToolkitError, UsageError
+from ..filenames import output_stem, stem_of
 from ..findings import gather_findings
 from ..formats import open_model
 from ..model import ModelFile, Source
-from ..names import output_stem, stem_of
 from ..plan import Plan
 from ..report import FIX_CLIP_HINT, Findings, advanced_report, basic_report
 from ..write import ProgressCallback, write_plan
