@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import as_bytes, key_list, run_mtk, write_sparse_safetensors
+from model_toolkit import errors as mtk_errors
 from model_toolkit.architectures import keylists
 from model_toolkit.library import Library, scan_file
 
@@ -387,3 +388,99 @@ def test_diff_on_known_pairs(library):
         "VAE-v1   identical (248 tensors)",
         "CLIP-v1  only in A",
     ]
+
+
+# -- the same parts in process (no subprocess: what the CLI calls) -------------------------
+
+
+def test_compute_hashes_in_process(three_mib_safetensors):
+    from model_toolkit.hashes import compute_hashes
+
+    data = three_mib_safetensors.read_bytes()
+    header = struct.unpack("<Q", data[:8])[0]
+    result = compute_hashes(three_mib_safetensors, ("sha256", "autov3", "crc32", "blake3"))
+    assert result.values["sha256"] == hashlib.sha256(data).hexdigest()
+    assert result.values["autov3"] == hashlib.sha256(data[8 + header :]).hexdigest()
+    assert result.values["crc32"] == f"{zlib.crc32(data):08x}"
+    assert result.values["blake3"] == blake3.blake3(data).hexdigest()
+    with pytest.raises(mtk_errors.UsageError, match="unknown hash 'md5'"):
+        compute_hashes(three_mib_safetensors, ("md5",))
+
+
+def test_edit_metadata_is_an_operation(three_mib_safetensors, tmp_path):
+    import model_toolkit as m
+    from model_toolkit.operations import edit_metadata
+
+    with m.open(three_mib_safetensors) as model:
+        plan = edit_metadata(model, {"modelspec.title": "Cat"}, ["note"])
+        assert plan.metadata == {"modelspec.title": "Cat"}
+        assert [e.is_copy for e in plan.entries] == [True]  # tensors are copied as they are
+        out = m.write_plan(plan, tmp_path / "edited.safetensors")
+        with pytest.raises(mtk_errors.UsageError, match="no metadata key 'nope' to remove"):
+            edit_metadata(model, {}, ["nope"])
+    with safe_open(out, "pt") as handle:
+        assert handle.metadata() == {"modelspec.title": "Cat"}
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"w": torch.ones(2)}, ckpt)
+    with m.open(ckpt) as model, pytest.raises(mtk_errors.UsageError, match="torch-zip file"):
+        edit_metadata(model, {"a": "b"}, [])
+
+
+def test_describe_and_parse_metadata_values():
+    from model_toolkit.metadata import describe, parse_value, tag_summary
+
+    assert parse_value('{"a": 1}') == {"a": 1} and parse_value("plain") == "plain"
+    tags = {"5_cats": {"cat": 12, "sitting": 3}}
+    assert tag_summary(tags) == ["5_cats: 2 tags; most frequent: cat (12), sitting (3)"]
+    assert describe({"ss_tag_frequency": json.dumps(tags)}) == (
+        "Training (kohya)\n  ss_tag_frequency:\n"
+        "    5_cats: 2 tags; most frequent: cat (12), sitting (3)\n"
+    )
+
+
+def test_with_modelspec_hashes_the_data_as_it_is_written(tmp_path):
+    import model_toolkit as m
+    from model_toolkit.metadata import with_modelspec
+    from model_toolkit.operations import prune
+
+    vae = keylists.load("VAE-v1-SD")
+    source = write_sparse_safetensors(tmp_path / "vae.safetensors", vae, "F32")
+    out = tmp_path / "my-vae.safetensors"
+    with m.open(source) as model:
+        plan, arguments = with_modelspec(prune(model), "my-vae")
+        m.write_plan(plan, out, **arguments)
+    data = out.read_bytes()
+    header = struct.unpack("<Q", data[:8])[0]
+    with safe_open(out, "pt") as handle:
+        meta = handle.metadata()
+    assert meta["modelspec.hash_sha256"] == "0x" + hashlib.sha256(data[8 + header :]).hexdigest()
+    assert meta["modelspec.title"] == "my-vae"
+
+
+def test_diff_models_in_process(library):
+    import model_toolkit as m
+    from model_toolkit.diff import diff_models
+
+    folder = library / "checkpoints"
+    with m.open(folder / "m1.safetensors") as a, m.open(library / "vae" / "vae.safetensors") as b:
+        result = diff_models(a, b)
+    assert result.architecture_a == "SD-v1" and result.architecture_b == "VAE-v1"
+    assert {c.cls: c.status for c in result.classes} == {
+        "UNET-v1": "only in A",
+        "VAE-v1": "identical",
+        "CLIP-v1": "only in A",
+    }
+
+
+def test_analyze_folder_names_each_part(tmp_path):
+    from model_toolkit.analysis import analyze_folder
+
+    folder = tmp_path / "pipeline"
+    (folder / "vae").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    vae = key_list("extra/VAE-v1-diffusers")
+    write_sparse_safetensors(folder / "vae" / "diffusion_pytorch_model.safetensors", vae, "F16")
+    [row] = analyze_folder(folder)
+    assert row["folder"] == "vae" and row["tensors"] == len(vae) and row["dtypes"] == ["F16"]
+    with pytest.raises(mtk_errors.FormatError, match=r"without model_index\.json"):
+        analyze_folder(folder / "vae")

@@ -8,7 +8,8 @@ asked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.locate import POSITION_IDS
@@ -178,3 +179,30 @@ def analyze(
         ranks,
         misplaced,
     )
+
+
+def analyze_folder(folder: Path) -> list[dict[str, Any]]:
+    """A diffusers folder, each component subfolder identified from its headers: per subfolder
+    its name, architecture, components, tensor count, bytes, float dtypes, unknown keys."""
+    from .errors import FormatError
+    from .formats.diffusers import component_folders, is_diffusers_folder, open_component
+
+    if not is_diffusers_folder(folder):
+        raise FormatError(f"{folder} is a folder without model_index.json")
+    rows = []
+    for sub in component_folders(folder):
+        with open_component(sub) as model:
+            analysis = analyze(model)
+            floats = {r.dtype.name for r in model.tensors.values() if r.dtype.is_float}
+            rows.append(
+                {
+                    "folder": sub.name,
+                    "architecture": analysis.architecture,
+                    "components": analysis.components,
+                    "tensors": len(model.tensors),
+                    "bytes": model.nbytes,
+                    "dtypes": sorted(floats),
+                    "unknown_keys": len(analysis.unknown_keys),
+                }
+            )
+    return rows

@@ -10,9 +10,8 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,7 +29,6 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .autoprune import Outcome
-    from .metadata import DataHash
     from .plan import Plan
     from .write import ProgressCallback
 
@@ -189,27 +187,9 @@ def inspect(
 
 def _inspect_folder(folder: Path, as_json: bool) -> None:
     """A diffusers folder: each component subfolder identified from its headers."""
-    from .analysis import analyze
-    from .formats.diffusers import component_folders, is_diffusers_folder, open_component
+    from .analysis import analyze_folder
 
-    if not is_diffusers_folder(folder):
-        raise ModelToolkitError(f"{folder} is a folder without model_index.json")
-    rows = []
-    for sub in component_folders(folder):
-        with open_component(sub) as model:
-            analysis = analyze(model)
-            floats = {r.dtype.name for r in model.tensors.values() if r.dtype.is_float}
-            rows.append(
-                {
-                    "folder": sub.name,
-                    "architecture": analysis.architecture,
-                    "components": analysis.components,
-                    "tensors": len(model.tensors),
-                    "bytes": model.nbytes,
-                    "dtypes": sorted(floats),
-                    "unknown_keys": len(analysis.unknown_keys),
-                }
-            )
+    rows = analyze_folder(folder)
     if as_json:
         echo(json.dumps({"path": str(folder), "format": "diffusers", "parts": rows}, indent=2))
         return
@@ -234,7 +214,7 @@ def _write(
     modelspec: bool = False,
 ) -> None:
     """Write a plan and say what was written: one line, or a JSON summary."""
-    from .metadata import patch_data_hash
+    from .metadata import with_modelspec
     from .write import write_plan
 
     if not overwrite and any(output.resolve() == p.resolve() for p in inputs):
@@ -243,14 +223,13 @@ def _write(
         echo(f"warning: {printable(warning)}", err=True)
     if not plan.entries:
         raise ModelToolkitError("nothing to write: the result has no tensors")
-    finalize, taps = None, []
+    extra: dict[str, Any] = {}
     if modelspec:
-        plan, data_hash = _with_modelspec(plan, output)
-        finalize, taps = partial(patch_data_hash, data_hash=data_hash), [data_hash]
+        if output.suffix.lower() != ".safetensors":
+            raise ModelToolkitError("--modelspec needs a .safetensors output")
+        plan, extra = with_modelspec(plan, stem_of(output.name))
     with _progress(plan.nbytes, f"writing {output.name}") as progress:
-        write_plan(
-            plan, output, overwrite=overwrite, progress=progress, finalize=finalize, taps=taps
-        )
+        write_plan(plan, output, overwrite=overwrite, progress=progress, **extra)
     size = output.stat().st_size
     if as_json:
         echo(
@@ -269,19 +248,6 @@ def _write(
         saved = input_bytes - size
         detail = f", saved {_human(saved)}" if report_saving and saved > 0 else ""
         echo(f"wrote {output} ({_human(size)}{detail})")
-
-
-def _with_modelspec(plan: "Plan", output: Path) -> "tuple[Plan, DataHash]":
-    """The plan with ModelSpec fields, and the tap that hashes its data as it is written."""
-    from dataclasses import replace
-
-    from .analysis import analyze
-    from .metadata import DataHash, modelspec_fields
-
-    if output.suffix.lower() != ".safetensors":
-        raise ModelToolkitError("--modelspec needs a .safetensors output")
-    fields = modelspec_fields(analyze(plan), stem_of(output.name), plan.metadata)
-    return replace(plan, metadata={**plan.metadata, **fields}), DataHash()
 
 
 ModelSpecOption = Annotated[
@@ -514,9 +480,9 @@ def metadata(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
 ) -> None:
     """Show a file's metadata readably, or edit it (the file is rewritten atomically)."""
-    from . import operations
     from .formats.safetensors import metadata_as_strings
-    from .metadata import describe, edited
+    from .metadata import describe
+    from .operations import edit_metadata
     from .write import write_plan
 
     sets: dict[str, str] = {}
@@ -542,12 +508,7 @@ def metadata(
             else:
                 echo(describe(model.metadata), nl=False)
             return
-        if model.format != "safetensors":
-            raise ModelToolkitError(
-                f"{file.name} is a {model.format} file: metadata can be edited in .safetensors only"
-            )
-        plan = operations.convert(model, None)
-        plan.metadata = edited(model.metadata, sets, remove or [])
+        plan = edit_metadata(model, sets, remove or [])
         target = output or file
         if target.suffix.lower() != ".safetensors":
             raise ModelToolkitError("the output must be a .safetensors file")

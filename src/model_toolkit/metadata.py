@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from .analysis import Analysis
 from .architectures.registry import load_registry
 from .errors import ModelToolkitError, UsageError
-from .plan import PlanEntry
+from .plan import Plan, PlanEntry
 
 HASH_KEY = "modelspec.hash_sha256"
 HASH_PLACEHOLDER = "0x" + "0" * 64
@@ -124,6 +125,20 @@ class DataHash:
 
     def on_done(self, entry: PlanEntry) -> None:
         pass
+
+
+def with_modelspec(plan: Plan, title: str) -> tuple[Plan, dict[str, Any]]:
+    """The plan with ModelSpec fields, and the `write_plan` arguments that fill in its
+    `modelspec.hash_sha256` as the data is written (a tap that hashes the data, a finalize
+    that patches the header's placeholder): `write_plan(plan, out, **arguments)`."""
+    from dataclasses import replace
+
+    from .analysis import analyze
+
+    fields = modelspec_fields(analyze(plan), title, plan.metadata)
+    data_hash = DataHash()
+    arguments = {"taps": [data_hash], "finalize": partial(patch_data_hash, data_hash=data_hash)}
+    return replace(plan, metadata={**plan.metadata, **fields}), arguments
 
 
 def patch_data_hash(temp: Path, data_hash: DataHash) -> None:

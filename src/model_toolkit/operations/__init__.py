@@ -2,8 +2,9 @@
 
 from .build import build
 from .convert import convert
+from .edit_metadata import edit_metadata
 from .extract import extract
 from .prune import prune
 from .replace import replace
 
-__all__ = ["build", "convert", "extract", "prune", "replace"]
+__all__ = ["build", "convert", "edit_metadata", "extract", "prune", "replace"]
