@@ -57,6 +57,25 @@ def describe_missing(missing: set[Key], present: Mapping[str, tuple[int, ...]]) 
     return lines
 
 
+def _aliased_names(
+    shapes: Mapping[str, tuple[int, ...]], candidates: list[Component], registry: Registry
+) -> dict[str, str]:
+    """File name -> the spelling a candidate's list has, for names no list has as they are
+    but one has under an alias (ComfyUI's `norm.query_norm.weight` for BFL's `.scale`; the
+    diffusers lists that say `.weight` themselves match as they are)."""
+    spelled = {name: registry.canonical(name) for name in shapes} if registry.aliases else {}
+    spelled = {name: listed for name, listed in spelled.items() if listed != name}
+    if not spelled:
+        return {}
+    listed = {
+        prefix + key
+        for component in candidates
+        for key, _ in component.keys
+        for prefix in {"", component.prefix}
+    }
+    return {n: s for n, s in spelled.items() if n not in listed and s in listed}
+
+
 def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = None) -> Detection:
     """Identify a file from its tensor names and shapes."""
     registry = registry or load_registry()
@@ -66,7 +85,11 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
     for component in candidates:
         for name, by_rank in component.free_shapes.items():
             free_shapes.setdefault(name, {}).update(by_rank)
-    keys = {name: matched_key(name, tuple(shape), free_shapes) for name, shape in shapes.items()}
+    listed_as = _aliased_names(shapes, candidates, registry)
+    keys = {
+        name: matched_key(listed_as.get(name, name), tuple(shape), free_shapes)
+        for name, shape in shapes.items()
+    }
     keyset = set(keys.values())
     present = {name: key[1] for name, key in keys.items()}
     real = {name: tuple(shape) for name, shape in shapes.items()}  # what rejections show

@@ -92,9 +92,11 @@ def component_names(found: Found, detection: Detection) -> tuple[list[tuple[str,
         dotted = {k.replace(".", ""): k for k, _ in found.output_component.keys}
     strip = found.serving[1] if found.serving else ""
     located = []
-    for name, key_shape in detection.keys.items():
-        if name in wanted and key_shape == (name, wanted[name][1]):
-            key = wanted[name][0]
+    for name, (listed, shape) in detection.keys.items():
+        spec = wanted.get(listed)
+        if spec is not None and shape == spec[1]:
+            # An alias keeps the file's own spelling (ComfyUI's `.weight` for `.scale`).
+            key = spec[0] if listed == name else name[len(prefix) :]
             if strip and key.startswith(strip):
                 key = key[len(strip) :]
             located.append((dotted.get(key, key), name))

@@ -134,6 +134,16 @@ class Registry:
     # a CLIP-L file imported as SD-v1's CLIP (the inverse of Component.standalone).
     serving: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     metric_parts: dict[str, str] = field(default_factory=dict)  # class -> unet, vae or clip
+    # (ending, as the lists spell it): a name some tool writes otherwise, matched as the lists
+    # have it and kept as the file has it (ComfyUI's RMSNorm `.weight` for BFL's `.scale`).
+    aliases: tuple[tuple[str, str], ...] = ()
+
+    def canonical(self, name: str) -> str:
+        """The name as the key lists spell it (the file's own name if no alias applies)."""
+        for ending, listed in self.aliases:
+            if name.endswith(ending):
+                return name[: -len(ending)] + listed
+        return name
 
     def classes_of(self, names: set[str]) -> dict[str, list[str]]:
         result: dict[str, list[str]] = {}
@@ -197,4 +207,5 @@ def load_registry() -> Registry:
         raw["known"],
         serving,
         dict(raw.get("metric_parts", {})),
+        tuple((ending, listed) for ending, listed in raw.get("aliases", [])),
     )

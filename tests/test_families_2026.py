@@ -1,0 +1,191 @@
+"""The image families of 2025-2026 (FLUX.2, Chroma, Z-Image, Qwen-Image), their VAEs and text
+encoders: identified as bare files (ComfyUI's diffusion_models/, vae/, text_encoders/), in
+diffusers naming, and as all-in-one checkpoints; operated on like any other model.
+
+Fixtures are sparse files built from the reference key lists (real names and shapes, built from
+the reference implementations and cross-checked: tests/data/keys/2026/README.md in the shared
+reference, copied into the package's data as they are).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+import model_toolkit as mtk
+from conftest import write_sparse_safetensors
+from model_toolkit.architectures import keylists
+from model_toolkit.operations import extract, prune
+
+DM = "model.diffusion_model."
+
+# file -> ([(prefix, key list)], architecture, {class: component})
+CASES = {
+    "flux2-dev": ([("", "Flux-v2-Dev")], "Flux-v2", {"Flux-v2": "Flux-v2-Dev"}),
+    "flux2-klein-4b": ([("", "Flux-v2-Klein-4B")], "Flux-v2", {"Flux-v2": "Flux-v2-Klein-4B"}),
+    "flux2-klein-9b": ([("", "Flux-v2-Klein-9B")], "Flux-v2", {"Flux-v2": "Flux-v2-Klein-9B"}),
+    "flux2-klein-9b-diffusers": (
+        [("", "Flux-v2-Klein-9B-Diffusers")],
+        "Flux-v2",
+        {"Flux-v2": "Flux-v2-Klein-9B-Diffusers"},
+    ),
+    "flux2-klein-4b-aio": (
+        [
+            (DM, "Flux-v2-Klein-4B"),
+            ("vae.", "VAE-Flux2"),
+            ("text_encoders.qwen3_4b.transformer.", "Qwen3-4B"),
+        ],
+        "Flux-v2-Klein-4B-AIO",
+        {"Flux-v2": "Flux-v2-Klein-4B", "VAE-Flux2": "VAE-Flux2", "Qwen3-4B": "Qwen3-4B"},
+    ),
+    "flux2-dev-aio": ([(DM, "Flux-v2-Dev")], "Flux-v2-Dev-AIO", {"Flux-v2": "Flux-v2-Dev"}),
+    "flux2-vae": ([("", "VAE-Flux2-Diffusers")], "VAE-Flux2", {"VAE-Flux2": "VAE-Flux2-Diffusers"}),
+    "chroma": ([("", "Chroma")], "Chroma", {"Chroma": "Chroma"}),
+    "chroma-diffusers": ([("", "Chroma-Diffusers")], "Chroma", {"Chroma": "Chroma-Diffusers"}),
+    "chroma-aio": (
+        [(DM, "Chroma"), ("vae.", "VAE-v3-SD")],
+        "Chroma-AIO",
+        {"Chroma": "Chroma", "VAE-v3": "VAE-v3-Flux"},
+    ),
+    "z-image": ([("", "Z-Image")], "Z-Image", {"Z-Image": "Z-Image"}),
+    "z-image-diffusers": ([("", "Z-Image-Diffusers")], "Z-Image", {"Z-Image": "Z-Image-Diffusers"}),
+    "z-image-aio": (
+        [
+            (DM, "Z-Image"),
+            ("vae.", "VAE-v3-SD"),
+            ("text_encoders.qwen3_4b.transformer.", "Qwen3-4B"),
+        ],
+        "Z-Image-AIO",
+        {"Z-Image": "Z-Image", "VAE-v3": "VAE-v3-Flux", "Qwen3-4B": "Qwen3-4B"},
+    ),
+    "qwen-image": ([("", "Qwen-Image")], "Qwen-Image", {"Qwen-Image": "Qwen-Image"}),
+    "qwen-image-edit-2511": (
+        [("", "Qwen-Image-Edit-2511")],
+        "Qwen-Image",
+        {"Qwen-Image": "Qwen-Image-Edit-2511"},
+    ),
+    "qwen-image-aio": (
+        [
+            (DM, "Qwen-Image"),
+            ("vae.", "VAE-Wan2.1"),
+            ("text_encoders.qwen25_7b.transformer.", "Qwen2.5-VL-7B"),
+        ],
+        "Qwen-Image-AIO",
+        {"Qwen-Image": "Qwen-Image", "VAE-Wan2.1": "VAE-Wan2.1", "Qwen2.5-VL-7B": "Qwen2.5-VL-7B"},
+    ),
+    "qwen-image-vae": ([("", "VAE-Wan2.1")], "VAE-Wan2.1", {"VAE-Wan2.1": "VAE-Wan2.1"}),
+    "wan-vae-diffusers": (
+        [("", "VAE-Wan2.1-Diffusers")],
+        "VAE-Wan2.1",
+        {"VAE-Wan2.1": "VAE-Wan2.1-Diffusers"},
+    ),
+    "qwen_2.5_vl_7b": (
+        [("", "Qwen2.5-VL-7B")],
+        "Qwen2.5-VL-7B",
+        {"Qwen2.5-VL-7B": "Qwen2.5-VL-7B"},
+    ),
+    "qwen_3_4b": ([("", "Qwen3-4B")], "Qwen3-4B", {"Qwen3-4B": "Qwen3-4B"}),
+    "qwen_3_8b": ([("", "Qwen3-8B")], "Qwen3-8B", {"Qwen3-8B": "Qwen3-8B"}),
+}
+
+
+def keys_of(parts: list[tuple[str, str]]) -> list[tuple[str, tuple[int, ...]]]:
+    return [(prefix + key, shape) for prefix, name in parts for key, shape in keylists.load(name)]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_family_is_identified_with_nothing_left_over(tmp_path, name):
+    parts, architecture, components = CASES[name]
+    path = write_sparse_safetensors(tmp_path / f"{name}.safetensors", keys_of(parts), "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model, mtk.precision_dtype("auto"))
+    assert analysis.architecture == architecture
+    assert analysis.components == components
+    assert analysis.unknown_keys == [] and analysis.junk_keys == []
+    # bf16 files of these families are what they ship as: nothing to prune or narrow.
+    assert analysis.precision.name == "BF16" or architecture.startswith(("VAE", "Qwen"))
+
+
+def test_flux2_variants_are_told_apart_by_shape_not_only_keys():
+    """klein 4B and 9B have the same key names; their widths differ."""
+    four = dict(keylists.load("Flux-v2-Klein-4B"))
+    nine = dict(keylists.load("Flux-v2-Klein-9B"))
+    assert four["img_in.weight"] != nine["img_in.weight"]
+
+
+def test_comfyui_norm_spelling_is_an_alias_and_is_kept(tmp_path):
+    """ComfyUI (since 2026-02) saves Flux-family RMSNorm scales as `.weight`: identified as the
+    `.scale` the lists have, and the file's own spelling is what extract writes."""
+    keys = [
+        (DM + name.replace("_norm.scale", "_norm.weight"), shape)
+        for name, shape in keylists.load("Flux-v2-Klein-4B")
+    ]
+    assert any(name.endswith("query_norm.weight") for name, _ in keys)
+    path = write_sparse_safetensors(tmp_path / "klein-comfy.safetensors", keys, "BF16")
+    out = tmp_path / "klein.safetensors"
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        assert analysis.architecture == "Flux-v2-Klein-4B-AIO" and not analysis.unknown_keys
+        mtk.write_plan(extract(model, "Flux-v2"), out)
+    with safe_open(out, "np") as handle:
+        names = set(handle.keys())
+    expected = {name[len(DM) :] for name, _ in keys}
+    assert names == expected  # bare, and still `.weight`
+
+
+def test_chroma_diffusers_spelling_is_not_taken_for_an_alias(tmp_path):
+    """The diffusers Chroma list says `norms.N.weight` itself: it matches as it is."""
+    path = write_sparse_safetensors(
+        tmp_path / "chroma.safetensors", keys_of([("", "Chroma-Diffusers")]), "BF16"
+    )
+    with mtk.open(path) as model:
+        assert mtk.analyze(model).components == {"Chroma": "Chroma-Diffusers"}
+
+
+@pytest.mark.slow  # 56 GB of sparse zeros read through
+def test_parts_of_an_all_in_one_file_come_out_as_comfyui_loads_them(tmp_path):
+    """Transformer to diffusion_models/ (bare), VAE to vae/ (bare), text encoder to
+    text_encoders/ (HF naming, `model.layers...`): bit-equal values."""
+    parts = [
+        (DM, "Qwen-Image"),
+        ("vae.", "VAE-Wan2.1"),
+        ("text_encoders.qwen25_7b.transformer.", "Qwen2.5-VL-7B"),
+    ]
+    keys = keys_of(parts)
+    rng = np.random.default_rng(7)
+    probe = {
+        DM + "img_in.bias": rng.standard_normal(3072).astype(np.float16),
+        "vae.conv1.bias": rng.standard_normal(32).astype(np.float16),
+    }
+    path = write_sparse_safetensors(tmp_path / "aio.safetensors", keys, "F16", probe)
+    with mtk.open(path) as model:
+        for cls, prefix, list_name in (
+            ("Qwen-Image", DM, "Qwen-Image"),
+            ("VAE-Wan2.1", "vae.", "VAE-Wan2.1"),
+            ("Qwen2.5-VL-7B", "text_encoders.qwen25_7b.transformer.", "Qwen2.5-VL-7B"),
+        ):
+            out = tmp_path / f"{cls}.safetensors"
+            mtk.write_plan(extract(model, cls), out)
+            with safe_open(out, "np") as handle:
+                assert set(handle.keys()) == {k for k, _ in keylists.load(list_name)}, cls
+                for full, values in probe.items():
+                    if full.startswith(prefix):
+                        written = handle.get_tensor(full[len(prefix) :])
+                        assert np.array_equal(written, values), full
+            with mtk.open(out) as part:
+                assert mtk.analyze(part).architecture == cls
+
+
+def test_prune_keeps_a_bf16_all_in_one_as_it_is(tmp_path):
+    parts = [
+        (DM, "Z-Image"),
+        ("vae.", "VAE-v3-SD"),
+        ("text_encoders.qwen3_4b.transformer.", "Qwen3-4B"),
+    ]
+    keys = keys_of(parts) + [("model.junk.step", ())]
+    path = write_sparse_safetensors(tmp_path / "z.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        plan = prune(model)
+    assert {entry.dtype.name for entry in plan.entries} == {"BF16"}
+    assert len(plan.entries) == len(keys) - 1  # only the junk went
