@@ -14,7 +14,7 @@ import pytest
 from safetensors import safe_open
 
 import model_toolkit as mtk
-from conftest import write_sparse_safetensors
+from conftest import DATA, key_list, write_sparse_safetensors
 from model_toolkit.architectures import keylists
 from model_toolkit.operations import extract, prune
 
@@ -22,52 +22,72 @@ DM = "model.diffusion_model."
 
 # file -> ([(prefix, key list)], architecture, {class: component})
 CASES = {
-    "flux2-dev": ([("", "Flux-v2-Dev")], "Flux-v2", {"Flux-v2": "Flux-v2-Dev"}),
-    "flux2-klein-4b": ([("", "Flux-v2-Klein-4B")], "Flux-v2", {"Flux-v2": "Flux-v2-Klein-4B"}),
-    "flux2-klein-9b": ([("", "Flux-v2-Klein-9B")], "Flux-v2", {"Flux-v2": "Flux-v2-Klein-9B"}),
+    "flux2-dev": ([("", "Flux2-dev-transformer")], "Flux-v2", {"Flux-v2": "Flux-v2-Dev"}),
+    "flux2-klein-4b": (
+        [("", "Flux2-klein-4B-transformer")],
+        "Flux-v2",
+        {"Flux-v2": "Flux-v2-Klein-4B"},
+    ),
+    "flux2-klein-9b": (
+        [("", "Flux2-klein-9B-transformer")],
+        "Flux-v2",
+        {"Flux-v2": "Flux-v2-Klein-9B"},
+    ),
     "flux2-klein-9b-diffusers": (
-        [("", "Flux-v2-Klein-9B-Diffusers")],
+        [("", "Flux2-klein-9B-transformer-diffusers")],
         "Flux-v2",
         {"Flux-v2": "Flux-v2-Klein-9B-Diffusers"},
     ),
     "flux2-klein-4b-aio": (
         [
-            (DM, "Flux-v2-Klein-4B"),
+            (DM, "Flux2-klein-4B-transformer"),
             ("vae.", "VAE-Flux2"),
             ("text_encoders.qwen3_4b.transformer.", "Qwen3-4B"),
         ],
         "Flux-v2-Klein-4B-AIO",
         {"Flux-v2": "Flux-v2-Klein-4B", "VAE-Flux2": "VAE-Flux2", "Qwen3-4B": "Qwen3-4B"},
     ),
-    "flux2-dev-aio": ([(DM, "Flux-v2-Dev")], "Flux-v2-Dev-AIO", {"Flux-v2": "Flux-v2-Dev"}),
-    "flux2-vae": ([("", "VAE-Flux2-Diffusers")], "VAE-Flux2", {"VAE-Flux2": "VAE-Flux2-Diffusers"}),
-    "chroma": ([("", "Chroma")], "Chroma", {"Chroma": "Chroma"}),
-    "chroma-diffusers": ([("", "Chroma-Diffusers")], "Chroma", {"Chroma": "Chroma-Diffusers"}),
+    "flux2-dev-aio": (
+        [(DM, "Flux2-dev-transformer")],
+        "Flux-v2-Dev-AIO",
+        {"Flux-v2": "Flux-v2-Dev"},
+    ),
+    "flux2-vae": ([("", "VAE-Flux2-diffusers")], "VAE-Flux2", {"VAE-Flux2": "VAE-Flux2-Diffusers"}),
+    "chroma": ([("", "Chroma-transformer")], "Chroma", {"Chroma": "Chroma"}),
+    "chroma-diffusers": (
+        [("", "Chroma-transformer-diffusers")],
+        "Chroma",
+        {"Chroma": "Chroma-Diffusers"},
+    ),
     "chroma-aio": (
-        [(DM, "Chroma"), ("vae.", "VAE-v3-SD")],
+        [(DM, "Chroma-transformer"), ("vae.", "VAE-v3-SD")],
         "Chroma-AIO",
         {"Chroma": "Chroma", "VAE-v3": "VAE-v3-Flux"},
     ),
-    "z-image": ([("", "Z-Image")], "Z-Image", {"Z-Image": "Z-Image"}),
-    "z-image-diffusers": ([("", "Z-Image-Diffusers")], "Z-Image", {"Z-Image": "Z-Image-Diffusers"}),
+    "z-image": ([("", "ZImage-transformer")], "Z-Image", {"Z-Image": "Z-Image"}),
+    "z-image-diffusers": (
+        [("", "ZImage-transformer-diffusers")],
+        "Z-Image",
+        {"Z-Image": "Z-Image-Diffusers"},
+    ),
     "z-image-aio": (
         [
-            (DM, "Z-Image"),
+            (DM, "ZImage-transformer"),
             ("vae.", "VAE-v3-SD"),
             ("text_encoders.qwen3_4b.transformer.", "Qwen3-4B"),
         ],
         "Z-Image-AIO",
         {"Z-Image": "Z-Image", "VAE-v3": "VAE-v3-Flux", "Qwen3-4B": "Qwen3-4B"},
     ),
-    "qwen-image": ([("", "Qwen-Image")], "Qwen-Image", {"Qwen-Image": "Qwen-Image"}),
+    "qwen-image": ([("", "QwenImage-transformer")], "Qwen-Image", {"Qwen-Image": "Qwen-Image"}),
     "qwen-image-edit-2511": (
-        [("", "Qwen-Image-Edit-2511")],
+        [("", "QwenImage-Edit-2511-transformer")],
         "Qwen-Image",
         {"Qwen-Image": "Qwen-Image-Edit-2511"},
     ),
     "qwen-image-aio": (
         [
-            (DM, "Qwen-Image"),
+            (DM, "QwenImage-transformer"),
             ("vae.", "VAE-Wan2.1"),
             ("text_encoders.qwen25_7b.transformer.", "Qwen2.5-VL-7B"),
         ],
@@ -76,7 +96,7 @@ CASES = {
     ),
     "qwen-image-vae": ([("", "VAE-Wan2.1")], "VAE-Wan2.1", {"VAE-Wan2.1": "VAE-Wan2.1"}),
     "wan-vae-diffusers": (
-        [("", "VAE-Wan2.1-Diffusers")],
+        [("", "VAE-Wan2.1-diffusers")],
         "VAE-Wan2.1",
         {"VAE-Wan2.1": "VAE-Wan2.1-Diffusers"},
     ),
@@ -87,11 +107,120 @@ CASES = {
     ),
     "qwen_3_4b": ([("", "Qwen3-4B")], "Qwen3-4B", {"Qwen3-4B": "Qwen3-4B"}),
     "qwen_3_8b": ([("", "Qwen3-8B")], "Qwen3-8B", {"Qwen3-8B": "Qwen3-8B"}),
+    "wan2.1-t2v-1.3b": ([("", "Wan2.1-T2V-1.3B-transformer")], "Wan", {"Wan": "Wan-v2.1-T2V-1.3B"}),
+    "wan2.1-t2v-14b": ([("", "Wan2.1-T2V-14B-transformer")], "Wan", {"Wan": "Wan-v2.1-T2V-14B"}),
+    "wan2.2-t2v-a14b-high": (
+        [("", "Wan2.2-T2V-A14B-transformer")],
+        "Wan",
+        {"Wan": "Wan-v2.1-T2V-14B"},
+    ),
+    "wan2.1-i2v-14b": ([("", "Wan2.1-I2V-14B-transformer")], "Wan", {"Wan": "Wan-v2.1-I2V-14B"}),
+    "wan2.1-flf2v-14b": (
+        [("", "Wan2.1-FLF2V-14B-transformer")],
+        "Wan",
+        {"Wan": "Wan-v2.1-FLF2V-14B"},
+    ),
+    "wan2.2-i2v-a14b": ([("", "Wan2.2-I2V-A14B-transformer")], "Wan", {"Wan": "Wan-v2.2-I2V-A14B"}),
+    "wan2.2-ti2v-5b": ([("", "Wan2.2-TI2V-5B-transformer")], "Wan", {"Wan": "Wan-v2.2-TI2V-5B"}),
+    "wan2.2-ti2v-5b-diffusers": (
+        [("", "Wan2.2-TI2V-5B-transformer-diffusers")],
+        "Wan",
+        {"Wan": "Wan-v2.2-TI2V-5B-Diffusers"},
+    ),
+    "wan2.1-i2v-diffusers": (
+        [("", "Wan2.1-I2V-14B-transformer-diffusers")],
+        "Wan",
+        {"Wan": "Wan-v2.1-I2V-14B-Diffusers"},
+    ),
+    "wan2.2-ti2v-aio": (
+        [
+            (DM, "Wan2.2-TI2V-5B-transformer"),
+            ("vae.", "VAE-Wan2.2"),
+            ("text_encoders.umt5xxl.transformer.", "UMT5-XXL-encoder"),
+        ],
+        "Wan-AIO",
+        {"Wan": "Wan-v2.2-TI2V-5B", "VAE-Wan2.2": "VAE-Wan2.2", "UMT5-XXL": "UMT5-XXL"},
+    ),
+    "wan2.2-vae": ([("", "VAE-Wan2.2")], "VAE-Wan2.2", {"VAE-Wan2.2": "VAE-Wan2.2"}),
+    "wan2.2-vae-diffusers": (
+        [("", "VAE-Wan2.2-diffusers")],
+        "VAE-Wan2.2",
+        {"VAE-Wan2.2": "VAE-Wan2.2-Diffusers"},
+    ),
+    "umt5-xxl": ([("", "UMT5-XXL-encoder")], "UMT5-XXL", {"UMT5-XXL": "UMT5-XXL"}),
+    "umt5-xxl-wan": (
+        [("", "UMT5-XXL-encoder-Wan-native")],
+        "UMT5-XXL",
+        {"UMT5-XXL": "UMT5-XXL-Wan"},
+    ),
+    "hunyuanvideo": (
+        [("", "HunyuanVideo-transformer")],
+        "HunyuanVideo",
+        {"HunyuanVideo": "HunyuanVideo"},
+    ),
+    "hunyuanvideo-saved": (
+        [("model.model.", "HunyuanVideo-transformer"), ("vae.", "VAE-HunyuanVideo")],
+        "HunyuanVideo-AIO",
+        {"HunyuanVideo": "HunyuanVideo-ComfyUI-Saved", "VAE-HunyuanVideo": "VAE-HunyuanVideo"},
+    ),
+    "hunyuanvideo-diffusers": (
+        [("", "HunyuanVideo-transformer-diffusers")],
+        "HunyuanVideo",
+        {"HunyuanVideo": "HunyuanVideo-Diffusers"},
+    ),
+    "hunyuanvideo-vae-diffusers": (
+        [("", "VAE-HunyuanVideo-diffusers")],
+        "VAE-HunyuanVideo",
+        {"VAE-HunyuanVideo": "VAE-HunyuanVideo-Diffusers"},
+    ),
+    "ltxv-2b": ([("", "LTXV-2B-transformer")], "LTX-Video", {"LTX-Video": "LTX-Video-2B"}),
+    "ltxv-13b-aio": (
+        [(DM, "LTXV-13B-transformer")],
+        "LTX-Video-AIO",
+        {"LTX-Video": "LTX-Video-13B"},
+    ),
+    "ltxv-13b-diffusers": (
+        [("", "LTXV-13B-transformer-diffusers")],
+        "LTX-Video",
+        {"LTX-Video": "LTX-Video-13B-Diffusers"},
+    ),
+    "ltx-2": ([("", "LTX2-19B-transformer")], "LTX-2", {"LTX-2": "LTX-2-19B"}),
+    "ltx-2-diffusers": (
+        [("", "LTX2-19B-transformer-diffusers")],
+        "LTX-2",
+        {"LTX-2": "LTX-2-19B-Diffusers"},
+    ),
+    "lumina-2": ([("", "Lumina2-transformer")], "Lumina-2", {"Lumina-2": "Lumina-2"}),
+    "lumina-2-aio": (
+        [
+            (DM, "Lumina2-transformer"),
+            ("vae.", "VAE-v3-SD"),
+            ("text_encoders.gemma2_2b.transformer.", "Gemma2-2B"),
+        ],
+        "Lumina-2-AIO",
+        {"Lumina-2": "Lumina-2", "VAE-v3": "VAE-v3-Flux", "Gemma-2-2B": "Gemma-2-2B"},
+    ),
+    "lumina-2-diffusers": (
+        [("", "Lumina2-transformer-diffusers")],
+        "Lumina-2",
+        {"Lumina-2": "Lumina-2-Diffusers"},
+    ),
+    "hidream-i1": ([("", "HiDream-I1-transformer")], "HiDream-I1", {"HiDream-I1": "HiDream-I1"}),
+    "anima": ([("", "Anima-transformer")], "Anima", {"Anima": "Anima"}),
+    "anima-official": ([("net.", "Anima-transformer")], "Anima-AIO", {"Anima": "Anima-Net"}),
+    "gemma-2-2b": ([("", "Gemma2-2B")], "Gemma-2-2B", {"Gemma-2-2B": "Gemma-2-2B"}),
+    "llama-3.1-8b": ([("", "Llama3.1-8B")], "Llama-3.1-8B", {"Llama-3.1-8B": "Llama-3.1-8B"}),
 }
 
 
+def reference(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    """A list by the name the reference gives it (tests/data/keys/2026), or a package list."""
+    path = DATA / "keys" / "2026" / f"{name}.txt"
+    return key_list(f"2026/{name}") if path.exists() else keylists.load(name)
+
+
 def keys_of(parts: list[tuple[str, str]]) -> list[tuple[str, tuple[int, ...]]]:
-    return [(prefix + key, shape) for prefix, name in parts for key, shape in keylists.load(name)]
+    return [(prefix + key, shape) for prefix, name in parts for key, shape in reference(name)]
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -104,7 +233,20 @@ def test_each_family_is_identified_with_nothing_left_over(tmp_path, name):
     assert analysis.components == components
     assert analysis.unknown_keys == [] and analysis.junk_keys == []
     # bf16 files of these families are what they ship as: nothing to prune or narrow.
-    assert analysis.precision.name == "BF16" or architecture.startswith(("VAE", "Qwen"))
+    assert analysis.precision.name == "BF16" and analysis.sizes.pruned == analysis.sizes.total
+
+
+def test_a_wan_transformer_missing_a_block_is_a_near_miss_with_its_reason(tmp_path):
+    keys = [
+        (k, s) for k, s in reference("Wan2.1-T2V-14B-transformer") if k != "blocks.7.ffn.0.weight"
+    ]
+    path = write_sparse_safetensors(tmp_path / "wan-cut.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture is None
+    [miss] = [r for r in analysis.detection.rejected if r.name == "Wan-v2.1-T2V-14B"]
+    assert miss.reason == f"Missing required keys (1 of {len(keys) + 1})"
+    assert miss.missing == ["blocks.7.ffn.0.weight [13824,5120]"]
 
 
 def test_flux2_variants_are_told_apart_by_shape_not_only_keys():

@@ -332,3 +332,19 @@ def test_each_component_is_skipped_only_when_it_cannot_match():
         if component.prefix:
             assert component.may_match(NameIndex([component.prefix + some_key]))
         assert not component.may_match(NameIndex(["no_such_root.weight"]))
+
+
+def test_the_roots_index_is_true_to_the_lists():
+    """roots.json lets start-up skip reading every list; it must say what the lists say
+    (rebuild it with `python -m model_toolkit.architectures.keylists`)."""
+    import json
+
+    from model_toolkit.architectures import keylists
+
+    index = json.loads(keylists.ROOTS_INDEX.read_text(encoding="utf-8"))
+    lists = sorted(path.stem for path in keylists.DATA.glob("*.txt"))
+    assert sorted(index) == lists
+    for name in lists:
+        assert set(index[name]) == set(keylists.list_roots(name)), name
+        parsed = {keylists.root_of(key) for key, _ in keylists.load(name)}
+        assert set(index[name]) == parsed, name

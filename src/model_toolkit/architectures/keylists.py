@@ -35,13 +35,71 @@ def load(name: str) -> KeyList:
     return parse((DATA / f"{name}.txt").read_text(encoding="utf-8"))
 
 
+ROOTS_INDEX = DATA / "roots.json"
+
+
+# First segments that wrap unrelated models, so that a root must say what is inside: every
+# Hugging Face language model's keys start `model.` (`model.layers`), as every LDM
+# checkpoint's do (`model.diffusion_model`).
+WRAPPERS = frozenset({"model"})
+
+
+def root_of(name: str) -> str:
+    """What a file must share with a list for the list to be worth parsing: a key name's first
+    dotted segment (`double_blocks`), or its first two under a wrapper (`model.layers`)."""
+    first, _, rest = name.partition(".")
+    if first in WRAPPERS and rest:
+        return f"{first}.{rest.partition('.')[0]}"
+    return first
+
+
 def roots(name: str) -> frozenset[str]:
-    """The first segments of a shipped list's key names, found without parsing the list (a
-    set of the lines' first pieces, tidied: twice as fast as a regular expression)."""
+    """The roots of a shipped list's key names: from the index built with the lists
+    (roots.json), else read from the list itself."""
+    index = _roots_index()
+    if name in index:
+        return index[name]
+    return list_roots(name)
+
+
+def list_roots(name: str) -> frozenset[str]:
+    """The roots of a list, from its text (one pass over its lines, no shapes parsed)."""
     text = (DATA / f"{name}.txt").read_text(encoding="utf-8")
-    pieces = {line.split(".", 1)[0] for line in text.split("\n")}
-    found = {piece.strip().partition(" ")[0] for piece in pieces}  # "betas [1000]": no dot
-    return frozenset(root for root in found if root and not root.startswith("#"))
+    return frozenset(
+        root_of(line.partition(" ")[0])
+        for line in map(str.strip, text.split("\n"))
+        if line and not line.startswith("#")
+    )
+
+
+_INDEX: dict[str, frozenset[str]] | None = None
+
+
+def _roots_index() -> dict[str, frozenset[str]]:
+    """roots.json: every shipped list's roots, so that start-up reads one small file instead
+    of every list (190 lists). Kept true by tests/test_identify.py, rebuilt with
+    `python -m model_toolkit.architectures.keylists`."""
+    global _INDEX
+    if _INDEX is None:
+        import json
+
+        try:
+            raw = json.loads(ROOTS_INDEX.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raw = {}
+        _INDEX = {name: frozenset(found) for name, found in raw.items()}
+    return _INDEX
+
+
+def write_roots_index() -> None:
+    import json
+
+    index = {path.stem: sorted(list_roots(path.stem)) for path in sorted(DATA.glob("*.txt"))}
+    ROOTS_INDEX.write_text(json.dumps(index, separators=(",", ":")) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_roots_index()
 
 
 def load_path(path: Path) -> KeyList:

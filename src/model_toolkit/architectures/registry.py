@@ -29,7 +29,7 @@ class Component:
     cls: str
     prefix: str  # what the keys carry inside a full checkpoint
     key_list: str  # the data file (stem) with its keys
-    roots: frozenset[str]  # the first dotted segment of every key name, without prefix
+    roots: frozenset[str]  # every key name's root (keylists.root_of), without prefix
     optional_names: frozenset[str] = frozenset()  # keys it may lack
     ema_of: str | None = None  # an EMA copy: the component it copies, keys without their dots
     subset: bool = False  # found from any of its keys (a LoRA trains some modules, not all)
@@ -92,9 +92,7 @@ class NameIndex:
         return found
 
 
-def root_of(name: str) -> str:
-    """The first dotted segment of a key name (keylists.roots finds the same in a list)."""
-    return name.partition(".")[0]
+root_of = keylists.root_of  # a key name's root, as keylists.roots finds them in a list
 
 
 @dataclass(frozen=True)
