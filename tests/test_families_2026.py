@@ -331,3 +331,30 @@ def test_prune_keeps_a_bf16_all_in_one_as_it_is(tmp_path):
         plan = prune(model)
     assert {entry.dtype.name for entry in plan.entries} == {"BF16"}
     assert len(plan.entries) == len(keys) - 1  # only the junk went
+
+
+def test_a_bare_flux1_dev_is_named_by_its_variant_and_hinted_right(tmp_path):
+    """BFL's own flux1-dev.safetensors: unprefixed `guidance_in.*`."""
+    from model_toolkit.findings import gather_findings
+    from model_toolkit.report import basic_report
+
+    keys = keylists.load("Flux-v1-Dev")
+    assert any(name.startswith("guidance_in.") for name, _ in keys)
+    path = write_sparse_safetensors(tmp_path / "flux1-dev.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        findings = gather_findings(analysis, model.metadata, read_data=False)
+    text = basic_report(analysis, findings)
+    assert "Model type identified as Flux-v1 (Flux-v1-Dev)." in text
+    assert [h.text() for h in findings.hints] == [
+        "variant: dev-like (guidance distilled) (guidance_in is present)"
+    ]
+
+
+def test_a_bare_wan_file_is_named_by_its_variant(tmp_path):
+    from model_toolkit.report import model_type
+
+    keys = reference("Wan2.2-TI2V-5B-transformer")
+    path = write_sparse_safetensors(tmp_path / "wan.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        assert model_type(mtk.analyze(model)) == "Wan (Wan-v2.2-TI2V-5B)"

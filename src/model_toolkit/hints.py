@@ -88,7 +88,10 @@ def header_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:
         evidence = f"global_step {step}, as diffusers and InvokeAI guess it"
         hints.append(Hint("prediction", STEP_GUESSES[step], evidence))
     if analysis.architecture and analysis.architecture.startswith("Flux-v1"):
-        has_guidance = any(".guidance_in." in name for name in names)
+        # Bare (BFL's release) or under any checkpoint prefix.
+        has_guidance = any(
+            name.startswith("guidance_in.") or ".guidance_in." in name for name in names
+        )
         value = "dev-like (guidance distilled)" if has_guidance else "schnell-like"
         hints.append(
             Hint("variant", value, f"guidance_in is {'present' if has_guidance else 'absent'}")

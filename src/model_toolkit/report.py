@@ -63,7 +63,7 @@ def basic_report(
         out.append(f"Multiple model types identified: {', '.join(detection.candidates)}.")
         out.append(f"Model type {detection.resolved} will be used.")
     else:
-        out.append(f"Model type identified as {detection.resolved}.")
+        out.append(f"Model type identified as {model_type(analysis)}.")
     if analysis.components:
         out.append(f"Model components are: {', '.join(analysis.components.values())}.")
     else:
@@ -197,6 +197,17 @@ def lora_text(analysis: Analysis, findings: Findings) -> str:
     if findings.lora_alphas:
         text += ", alpha " + "/".join(f"{a:g}" for a in findings.lora_alphas)
     return text + "."
+
+
+def model_type(analysis: Analysis) -> str:
+    """The resolved architecture, with the variant its component names where the registry
+    says the name alone says too little (`Flux-v1 (Flux-v1-Dev)`)."""
+    resolved = analysis.detection.resolved or ""
+    arch = load_registry().architectures.get(resolved)
+    if arch is not None and arch.variant_named and len(analysis.components) == 1:
+        [component] = analysis.components.values()
+        return f"{resolved} ({component})"
+    return resolved
 
 
 def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:

@@ -113,6 +113,9 @@ class Architecture:
     base: str | None = None  # what a LoRA applies to
     precision: str = "F16"  # the 16-bit type its weights are trained and shipped in (`auto`)
     slots: dict[str, str] = field(default_factory=dict)  # class -> the component named as ours
+    # Reported with its component's name (`Flux-v1 (Flux-v1-Dev)`): a bare file whose
+    # variants are components of one class, where the architecture's name alone says too little.
+    variant_named: bool = False
 
     @property
     def all_classes(self) -> tuple[str, ...]:
@@ -190,6 +193,7 @@ def load_registry() -> Registry:
             spec.get("base"),
             spec.get("precision", "F16"),
             dict(spec.get("slots", {})),
+            spec.get("variant_named", False),
         )
         for name, spec in raw["architectures"].items()
     }
