@@ -358,3 +358,43 @@ def test_a_bare_wan_file_is_named_by_its_variant(tmp_path):
     path = write_sparse_safetensors(tmp_path / "wan.safetensors", keys, "BF16")
     with mtk.open(path) as model:
         assert model_type(mtk.analyze(model)) == "Wan (Wan-v2.2-TI2V-5B)"
+
+
+@pytest.mark.slow  # a 10 GB sparse all-in-one, split and built back
+def test_an_all_in_one_file_split_into_parts_builds_back_bit_identical(tmp_path):
+    from model_toolkit.operations import build
+
+    te = "text_encoders.gemma2_2b.transformer."
+    parts = [(DM, "Lumina2-transformer"), ("vae.", "VAE-v3-SD"), (te, "Gemma2-2B")]
+    keys = keys_of(parts)
+    rng = np.random.default_rng(11)
+    probe = {
+        name: rng.standard_normal(shape).astype(np.float16)
+        for name, shape in keys
+        if 0 < int(np.prod(shape)) <= 1 << 16
+    }
+    aio = write_sparse_safetensors(tmp_path / "lumina-aio.safetensors", keys, "F16", probe)
+    classes = {"Lumina-2": DM, "VAE-v3": "vae.", "Gemma-2-2B": te}
+    with mtk.open(aio) as model:
+        for cls in classes:
+            mtk.write_plan(extract(model, cls), tmp_path / f"{cls}.safetensors")
+        pruned = prune(model, drop=("Gemma-2-2B",))
+        assert not [e.name for e in pruned.entries if e.name.startswith("text_encoders.")]
+    opened = [mtk.open(tmp_path / f"{cls}.safetensors") for cls in classes]
+    try:
+        plan = build(
+            "Lumina-2-AIO", [(cls, m, None) for cls, m in zip(classes, opened, strict=True)]
+        )
+        rebuilt = mtk.write_plan(plan, tmp_path / "rebuilt.safetensors")
+    finally:
+        for m in opened:
+            m.close()
+    with safe_open(aio, "np") as a, safe_open(rebuilt, "np") as b:
+        assert set(a.keys()) == set(b.keys())
+        for name in probe:
+            assert a.get_tensor(name).tobytes() == b.get_tensor(name).tobytes(), name
+    with mtk.open(rebuilt) as model:
+        assert {n: (r.dtype.name, r.shape) for n, r in model.tensors.items()} == {
+            name: ("F16", tuple(shape)) for name, shape in keys
+        }
+        assert mtk.analyze(model).architecture == "Lumina-2-AIO"
