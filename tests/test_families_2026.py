@@ -398,3 +398,94 @@ def test_an_all_in_one_file_split_into_parts_builds_back_bit_identical(tmp_path)
             name: ("F16", tuple(shape)) for name, shape in keys
         }
         assert mtk.analyze(model).architecture == "Lumina-2-AIO"
+
+
+@pytest.mark.parametrize(
+    ("file_name", "parts", "hint"),
+    [
+        ("flux1-kontext-dev.safetensors", [("", "Flux-v1-Dev")], "Flux.1 Kontext"),
+        ("z_image_turbo_bf16.safetensors", [("", "ZImage-transformer")], "Z-Image Turbo"),
+        (
+            "qwen_image_edit_2509_fp8.safetensors",
+            [("", "QwenImage-transformer")],
+            "Qwen-Image-Edit-2509",
+        ),
+        (
+            "wan2.2_t2v_high_noise_14B_fp16.safetensors",
+            [("", "Wan2.2-T2V-A14B-transformer")],
+            "Wan 2.2 A14B high-noise expert",
+        ),
+        (
+            "flux-2-klein-base-4b.safetensors",
+            [("", "Flux2-klein-4B-transformer")],
+            "FLUX.2 klein base 4B",
+        ),
+        ("flux2-dev-base.safetensors", [("", "Flux2-dev-transformer")], None),  # not a klein
+        ("zimage.safetensors", [("", "ZImage-transformer")], None),  # the name says nothing
+    ],
+)
+def test_what_keys_cannot_tell_is_a_hint_from_the_file_name(tmp_path, file_name, parts, hint):
+    from model_toolkit.hints import name_hints
+
+    path = write_sparse_safetensors(tmp_path / file_name, keys_of(parts), "BF16")
+    with mtk.open(path) as model:
+        found = name_hints(mtk.analyze(model))
+    assert [h.value for h in found] == ([hint] if hint else [])
+    for h in found:
+        assert h.topic == "variant" and "keys cannot tell" in h.evidence
+
+
+@pytest.mark.parametrize(
+    ("layout", "first_folder", "inbox", "folders"),
+    [
+        (
+            "comfyui",
+            "checkpoints",
+            "autoprune",
+            {
+                "checkpoint": "checkpoints",
+                "unet": "diffusion_models",
+                "vae": "vae",
+                "text_encoder": "text_encoders",
+            },
+        ),
+        (
+            "a1111",
+            "Stable-diffusion",
+            "Autoprune",
+            {
+                "checkpoint": "Stable-diffusion",
+                "unet": "Components",
+                "vae": "VAE",
+                "text_encoder": "Components",
+            },
+        ),
+    ],
+)
+@pytest.mark.slow  # 12 GB of sparse files pruned, written and read back
+def test_autoprune_files_each_new_kind_into_its_folder(
+    tmp_path, layout, first_folder, inbox, folders
+):
+    from model_toolkit.autoprune import Autopruner, Options, make_layout
+
+    models = tmp_path / "models"
+    (models / first_folder).mkdir(parents=True)
+    (models / inbox).mkdir()
+    files = {
+        "wan2.1_t2v_1.3B.safetensors": ([("", "Wan2.1-T2V-1.3B-transformer")], "unet"),
+        "qwen_image_vae.safetensors": ([("", "VAE-Wan2.1")], "vae"),
+        "gemma_2_2b.safetensors": ([("", "Gemma2-2B")], "text_encoder"),
+        "wan-aio.safetensors": (
+            [(DM, "Wan2.1-T2V-1.3B-transformer"), ("vae.", "VAE-Wan2.1")],
+            "checkpoint",
+        ),
+    }
+    for name, (parts, _) in files.items():
+        write_sparse_safetensors(models / inbox / name, keys_of(parts), "BF16")
+    outcomes = Autopruner(make_layout(models, layout), Options(settle_seconds=0)).run_once()
+    by_file = {o.file: o for o in outcomes}
+    for name, (_, kind) in files.items():
+        outcome = by_file[name]
+        assert (outcome.status, outcome.kind) == ("filed", kind), (name, outcome.reason)
+        assert outcome.destination == str(models / folders[kind] / name)
+        assert (models / folders[kind] / name).is_file()

@@ -87,6 +87,7 @@ def header_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:
     if analysis.architecture == "SD-v2" and isinstance(step, int) and step in STEP_GUESSES:
         evidence = f"global_step {step}, as diffusers and InvokeAI guess it"
         hints.append(Hint("prediction", STEP_GUESSES[step], evidence))
+    hints += name_hints(analysis)
     if analysis.architecture and analysis.architecture.startswith("Flux-v1"):
         # Bare (BFL's release) or under any checkpoint prefix.
         has_guidance = any(
@@ -97,6 +98,28 @@ def header_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:
             Hint("variant", value, f"guidance_in is {'present' if has_guidance else 'absent'}")
         )
     return hints
+
+
+def name_hints(analysis: Analysis) -> list[Hint]:
+    """Variants that keys cannot tell apart, from a word of the file name (registry
+    `name_hints`, by component, else by class): one hint per class found, with the word as
+    its evidence."""
+    import re
+
+    from .architectures.registry import load_registry
+
+    table = load_registry().name_hints
+    name = analysis.path.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    found = []
+    for cls, component in analysis.components.items():
+        own = component.removesuffix("-Diffusers")
+        for word, variant in table.get(own) or table.get(cls, ()):
+            match = re.search(rf"(?<![a-z0-9]){word}(?![a-z0-9])", name)
+            if match:
+                evidence = f"the file name says `{match.group(0)}`; keys cannot tell"
+                found.append(Hint("variant", variant, evidence))
+                break
+    return found
 
 
 def data_hints(analysis: Analysis) -> list[Hint]:

@@ -138,6 +138,9 @@ class Registry:
     # (ending, as the lists spell it): a name some tool writes otherwise, matched as the lists
     # have it and kept as the file has it (ComfyUI's RMSNorm `.weight` for BFL's `.scale`).
     aliases: tuple[tuple[str, str], ...] = ()
+    # component or class -> [(a word of the file name, the variant it suggests)], first wins:
+    # what keys cannot tell (Kontext from dev, Turbo from Base), a hint, never a certainty.
+    name_hints: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def canonical(self, name: str) -> str:
         """The name as the key lists spell it (the file's own name if no alias applies)."""
@@ -210,4 +213,5 @@ def load_registry() -> Registry:
         serving,
         dict(raw.get("metric_parts", {})),
         tuple((ending, listed) for ending, listed in raw.get("aliases", [])),
+        {cls: tuple((w, v) for w, v in pairs) for cls, pairs in raw.get("name_hints", {}).items()},
     )
