@@ -78,7 +78,7 @@ class Walk:
                 break
             self.page.wait_for_timeout(250)
         self.shot("failure")
-        raise SystemExit(f"status is {self.status()!r}, waited for {text!r}")
+        raise AssertionError(f"status is {self.status()!r}, waited for {text!r}")
 
 
 def wait_for_server(url: str, timeout: float = 600, down_first: bool = False) -> None:
@@ -111,11 +111,44 @@ def install(walk: Walk, url: str, install_url: str) -> None:
     walk.shot("restarted with the tab")
 
 
+# The README's walk-throughs, step by step: the browser test (tests/test_ui_browser.py) runs the
+# same steps against `mtk ui`, this script against a real webui.
+
+
+def load(walk: Walk, source: str) -> None:
+    walk.choose("mtk-source", source)
+    walk.click("mtk-load")
+    walk.wait_status(f"Loaded {source}.")
+
+
+def import_part(walk: Walk, cls: str, label: str) -> None:
+    walk.choose("mtk-class", cls)
+    walk.choose("mtk-import-from", label)
+    walk.click("mtk-import")
+    walk.wait_status(f"Imported {cls} from {label}.")
+
+
+def build_from_exports(walk: Walk) -> None:
+    """The hard way's second half: NEW SD-v1 from the exported UNET, CLIP and VAE."""
+    walk.click("mtk-refresh")
+    walk.wait_status("Refreshed")
+    load(walk, "NEW SD-v1")
+    walk.tab("Advanced")
+    import_part(walk, "UNET-v1", "Components/model.unet.safetensors")
+    import_part(walk, "CLIP-v1", "Components/model.clip.safetensors")
+    import_part(walk, "VAE-v1", "VAE/model.vae.safetensors")
+
+
+def replace_vae(walk: Walk, model: str, donor: str) -> None:
+    """The easy way: a checkpoint's VAE from another file."""
+    load(walk, model)
+    walk.tab("Advanced")
+    import_part(walk, "VAE-v1", donor)
+
+
 def walkthroughs(walk: Walk, models: Path) -> None:
     walk.tab("Model Toolkit")
-    walk.choose("mtk-source", "Stable-diffusion/model.safetensors")
-    walk.click("mtk-load")
-    walk.wait_status("Loaded Stable-diffusion/model.safetensors.")
+    load(walk, "Stable-diffusion/model.safetensors")
     assert "Model type identified as SD-v1" in walk.text("mtk-basic"), walk.text("mtk-basic")
     walk.shot("loaded, basic report")
 
@@ -126,35 +159,13 @@ def walkthroughs(walk: Walk, models: Path) -> None:
         walk.click("mtk-export")
         print("  ", walk.wait_status(f"Exported {cls} to"), flush=True)
     walk.shot("exported three parts")
-    walk.click("mtk-refresh")
-    walk.wait_status("Refreshed")
-    walk.choose("mtk-source", "NEW SD-v1")
-    walk.click("mtk-load")
-    walk.wait_status("Loaded NEW SD-v1.")
-    walk.tab("Advanced")
-    for cls, label in (
-        ("UNET-v1", "Components/model.unet.safetensors"),
-        ("CLIP-v1", "Components/model.clip.safetensors"),
-        ("VAE-v1", "VAE/model.vae.safetensors"),
-    ):
-        walk.choose("mtk-class", cls)
-        walk.choose("mtk-import-from", label)
-        walk.click("mtk-import")
-        walk.wait_status(f"Imported {cls} from {label}.")
+    build_from_exports(walk)
     walk.shot("built from parts")
     walk.click("mtk-save")
     print("  ", walk.wait_status("Saved"), flush=True)
     walk.shot("saved the built model")
 
-    # The easy way: replace a checkpoint's VAE with another model's.
-    walk.choose("mtk-source", "Stable-diffusion/model.safetensors")
-    walk.click("mtk-load")
-    walk.wait_status("Loaded Stable-diffusion/model.safetensors.")
-    walk.tab("Advanced")
-    walk.choose("mtk-class", "VAE-v1")
-    walk.choose("mtk-import-from", "Stable-diffusion/other.safetensors")
-    walk.click("mtk-import")
-    walk.wait_status("Imported VAE-v1 from Stable-diffusion/other.safetensors.")
+    replace_vae(walk, "Stable-diffusion/model.safetensors", "Stable-diffusion/other.safetensors")
     walk.page.locator("#mtk-name input, #mtk-name textarea").first.fill("model-other-vae")
     walk.click("mtk-save")
     print("  ", walk.wait_status("Saved"), flush=True)

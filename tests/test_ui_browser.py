@@ -3,9 +3,8 @@ in Debian's chromium (installed by .ci/run; Playwright cannot download browsers 
 
 from __future__ import annotations
 
-import re
 import shutil
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,10 @@ from test_ui_session import CLIP_KEY, UNET_KEY, VAE_KEY, tensor, two_models
 import model_toolkit as mtk
 from conftest import running_ui
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from webui_walkthrough import CHROMIUM_ARGS, Walk, build_from_exports, load, replace_vae
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
 )
@@ -39,46 +31,6 @@ def server(tmp_path):
         yield f"http://127.0.0.1:{port}/", root, first, other
 
 
-class Page:
-    """The Model Toolkit page, by the element ids the UI gives its components."""
-
-    def __init__(self, page, shots: Path) -> None:
-        self.page = page
-        self.shots = shots
-
-    def choose(self, elem_id: str, label: str) -> None:
-        self.page.locator(f"#{elem_id} input").click()
-        option = self.page.locator("ul[role=listbox] li").filter(
-            has_text=re.compile(rf"^\W*{re.escape(label)}\s*$")
-        )
-        option.first.click()
-        self.page.wait_for_timeout(300)
-
-    def click(self, elem_id: str) -> None:
-        self.page.locator(f"#{elem_id}").click()
-
-    def status(self) -> str:
-        return self.page.locator("#mtk-status").inner_text()
-
-    def wait_status(self, text: str, timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            current = self.status()
-            if text in current:
-                return current
-            if "Error:" in current and "Error:" not in text:
-                break
-            self.page.wait_for_timeout(200)
-        self.page.screenshot(path=str(self.shots / "failure.png"), full_page=True)
-        raise AssertionError(f"status is {self.status()!r}, waited for {text!r}")
-
-    def text(self, elem_id: str) -> str:
-        return self.page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
-
-    def tab(self, name: str) -> None:
-        self.page.get_by_role("tab", name=name).click()
-
-
 @pytest.fixture
 def ui(server, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -89,7 +41,7 @@ def ui(server, tmp_path):
         page = browser.new_page()
         page.goto(url)
         page.wait_for_selector("#mtk-source")
-        yield Page(page, tmp_path), *server[1:]
+        yield Walk(page, tmp_path), *server[1:]
         browser.close()
 
 
@@ -97,9 +49,7 @@ def test_both_walkthroughs_click_by_click(ui):
     page, root, first, other = ui
 
     # Load a checkpoint and read its report.
-    page.choose("mtk-source", "Stable-diffusion/model.safetensors")
-    page.click("mtk-load")
-    page.wait_status("Loaded Stable-diffusion/model.safetensors.")
+    load(page, "Stable-diffusion/model.safetensors")
     assert "Model type identified as SD-v1" in page.text("mtk-basic")
     assert page.text("mtk-name") == "model-pruned"
 
@@ -117,21 +67,7 @@ def test_both_walkthroughs_click_by_click(ui):
         page.wait_status(f"Exported {cls} to {root / folder / f'model.{suffix}.safetensors'}.")
 
     # Load NEW SD-v1 and import UNET, CLIP and VAE from the exported files.
-    page.click("mtk-refresh")
-    page.wait_status("Refreshed")
-    page.choose("mtk-source", "NEW SD-v1")
-    page.click("mtk-load")
-    page.wait_status("Loaded NEW SD-v1.")
-    page.tab("Advanced")
-    for cls, label in (
-        ("UNET-v1", "Components/model.unet.safetensors"),
-        ("CLIP-v1", "Components/model.clip.safetensors"),
-        ("VAE-v1", "VAE/model.vae.safetensors"),
-    ):
-        page.choose("mtk-class", cls)
-        page.choose("mtk-import-from", label)
-        page.click("mtk-import")
-        page.wait_status(f"Imported {cls} from {label}.")
+    build_from_exports(page)
     assert "Model type identified as SD-v1" in page.text("mtk-basic")
     page.click("mtk-save")
     built = root / "Stable-diffusion" / "SD-v1-built.safetensors"
@@ -145,14 +81,7 @@ def test_both_walkthroughs_click_by_click(ui):
         assert np.array_equal(tensor(built, key), first[key]), key
 
     # Easy way: replace the VAE of a checkpoint with another model's.
-    page.choose("mtk-source", "Stable-diffusion/model.safetensors")
-    page.click("mtk-load")
-    page.wait_status("Loaded Stable-diffusion/model.safetensors.")
-    page.tab("Advanced")
-    page.choose("mtk-class", "VAE-v1")
-    page.choose("mtk-import-from", "Stable-diffusion/other.safetensors")
-    page.click("mtk-import")
-    page.wait_status("Imported VAE-v1 from Stable-diffusion/other.safetensors.")
+    replace_vae(page, "Stable-diffusion/model.safetensors", "Stable-diffusion/other.safetensors")
     page.choose("mtk-precision", "FP32")
     page.wait_status("Size estimate for FP32.")
     page.page.locator("#mtk-name input, #mtk-name textarea").first.fill("model-other-vae")
