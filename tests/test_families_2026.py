@@ -489,3 +489,65 @@ def test_autoprune_files_each_new_kind_into_its_folder(
         assert (outcome.status, outcome.kind) == ("filed", kind), (name, outcome.reason)
         assert outcome.destination == str(models / folders[kind] / name)
         assert (models / folders[kind] / name).is_file()
+
+
+# -- TAESD: the preview decoders of ComfyUI's vae_approx/ (small torch pickles, numeric keys)
+
+
+def save_taesd(path, name: str) -> None:
+    import torch
+
+    keys = key_list(f"taesd/{name}")
+    torch.save({key: torch.zeros(shape) for key, shape in keys}, path)
+
+
+@pytest.mark.parametrize(
+    ("file_name", "list_name", "hint"),
+    [
+        ("taesd_decoder.pth", "TAESD-Decoder", "TAESD (SD-v1/v2 latents)"),
+        ("taesdxl_encoder.pth", "TAESD-Encoder", "TAESD XL (SDXL latents)"),
+        ("taef1_decoder.pth", "TAESD3-Decoder", "TAEF1 (Flux.1 latents)"),
+        ("taesd3_encoder.pth", "TAESD3-Encoder", "TAESD3 (SD3 latents)"),
+        ("taef2_decoder.pth", "TAEF2-Decoder", None),
+        ("taef2_encoder.pth", "TAEF2-Encoder", None),
+    ],
+)
+def test_taesd_preview_decoders_are_identified(tmp_path, file_name, list_name, hint):
+    from model_toolkit.hints import name_hints
+    from model_toolkit.report import model_type
+
+    path = tmp_path / file_name
+    save_taesd(path, list_name)
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert model_type(analysis) == f"TAESD ({list_name})"
+    assert not analysis.unknown_keys
+    assert [h.value for h in name_hints(analysis)] == ([hint] if hint else [])
+
+
+@pytest.mark.parametrize(
+    ("layout", "folder", "suffix"),
+    [("comfyui", "vae_approx", ".safetensors"), ("a1111", "VAE-approx", ".pth")],
+)
+def test_autoprune_files_a_preview_decoder_into_vae_approx(tmp_path, layout, folder, suffix):
+    """ComfyUI finds previews by name, any extension; AUTOMATIC1111 and Forge torch.load
+    `VAE-approx/taesdxl_decoder.pth` by exact name: a torch zip for them, values kept."""
+    import torch
+
+    from model_toolkit.autoprune import Autopruner, Options, make_layout
+
+    models = tmp_path / "models"
+    (models / ("checkpoints" if layout == "comfyui" else "Stable-diffusion")).mkdir(parents=True)
+    inbox = models / ("autoprune" if layout == "comfyui" else "Autoprune")
+    inbox.mkdir()
+    save_taesd(inbox / "taesdxl_decoder.pth", "TAESD-Decoder")
+    [outcome] = Autopruner(make_layout(models, layout), Options(settle_seconds=0)).run_once()
+    assert (outcome.status, outcome.kind) == ("filed", "vae_approx"), outcome.reason
+    filed = models / folder / f"taesdxl_decoder{suffix}"
+    assert outcome.destination == str(filed)
+    if suffix == ".pth":  # loads as the webui loads it, float32 as it came
+        state = torch.load(filed, map_location="cpu", weights_only=True)
+        assert {k: tuple(v.shape) for k, v in state.items()} == dict(
+            key_list("taesd/TAESD-Decoder")
+        )
+        assert {v.dtype for v in state.values()} == {torch.float32}

@@ -243,9 +243,11 @@ def test_early_writeback_hints_only_what_is_written(tmp_path, monkeypatch, suffi
     assert_same_tensors(loaded, tensors)
 
 
-def test_taps_see_every_tensor_in_order_empty_ones_included(tmp_path):
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_taps_see_every_tensor_in_order_empty_ones_included(tmp_path, suffix):
     """The per-tensor CRC-32 tap (autoprune's check) and the data hash (ModelSpec) see exactly
-    the bytes written, in one pass."""
+    the bytes written, in one pass, whatever the format (the zip writer once stopped reading
+    the stream before the last tensor's end, and its CRC was never recorded)."""
     import hashlib
     import zlib
 
@@ -267,7 +269,7 @@ def test_taps_see_every_tensor_in_order_empty_ones_included(tmp_path):
     ]
     checks, data_hash = TensorChecksums(), DataHash()
     mtk.write_plan(
-        Plan(entries), tmp_path / "out.safetensors", chunk_bytes=1 << 16, taps=[checks, data_hash]
+        Plan(entries), tmp_path / f"out{suffix}", chunk_bytes=1 << 16, taps=[checks, data_hash]
     )
     assert list(checks.records) == ["a", "empty", "b"]
     for name, values in arrays.items():
@@ -276,3 +278,20 @@ def test_taps_see_every_tensor_in_order_empty_ones_included(tmp_path):
         data_hash.digest.digest()
         == hashlib.sha256(b"".join(v.tobytes() for v in arrays.values())).digest()
     )
+
+
+def test_a_state_dict_only_checkpoint_is_the_tensors_alone(tmp_path):
+    """What torch.load + load_state_dict users expect (the webui's preview decoders)."""
+    from model_toolkit.model import TensorRef
+    from model_toolkit.plan import Plan, PlanEntry
+
+    f32 = mtk.dtypes.DTYPES["F32"]
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    entry = PlanEntry("1.weight", TensorRef.from_array("1.weight", values, f32), f32)
+    plan = Plan([entry], {"modeltoolkit.history": "[]"}, state_dict_only=True)
+    out = mtk.write_plan(plan, tmp_path / "decoder.pth")
+    loaded = torch.load(out, weights_only=True)
+    assert list(loaded) == ["1.weight"]
+    torch.nn.Linear(4, 3, bias=False).load_state_dict({"weight": loaded["1.weight"]})
+    assert np.array_equal(loaded["1.weight"].numpy(), values)
+

@@ -108,6 +108,9 @@ class Plan:
     metadata: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # the file the plan mostly comes from, for reports and default names
     warnings: list[str] = field(default_factory=list)  # what the user must know (partial model)
+    # A torch file of the tensors alone, no metadata: what `torch.load` + `load_state_dict`
+    # users expect (the webui's preview decoders); safetensors output is unaffected.
+    state_dict_only: bool = False
 
     format = "plan"
 

@@ -40,7 +40,8 @@ from .layouts import Layout
 TEMP_SUFFIX = ".mtk-autoprune"  # our temporary files; others' (`mtk prune` running) are left be
 MARKER_SUFFIX = ".mtk-autoprune.json"
 LOCK_NAME = ".mtk-autoprune.lock"
-UNCHANGED_VALUES = {"lora", "embedding"}  # converted to .safetensors with their values kept
+# converted with their values kept (a preview decoder is a few MB: nothing worth narrowing)
+UNCHANGED_VALUES = {"lora", "embedding", "vae_approx"}
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes written, total bytes)
 
@@ -178,7 +179,8 @@ class Autopruner:
                 stem = stem_of(path.name)
                 if self.options.dry_run:
                     outcome.status = "filed"
-                    outcome.destination = str(free_name(folder, stem, ".safetensors"))
+                    suffix = self.layout.suffix_for(outcome.kind)
+                    outcome.destination = str(free_name(folder, stem, suffix))
                     outcome.output_bytes = estimated_size(plan)
                     return outcome
                 folder.mkdir(parents=True, exist_ok=True)
@@ -208,7 +210,10 @@ class Autopruner:
             details = advanced_report(analysis, Findings())
             raise Rejected(f"partial model ({arch}): it has only {classes}", details)
         if kind in UNCHANGED_VALUES:
-            return convert(model, None), kind, arch
+            plan = convert(model, None)
+            # A torch file for its host (the webui's preview decoders) is the state dict alone.
+            plan.state_dict_only = self.layout.suffix_for(kind) != ".safetensors"
+            return plan, kind, arch
         options = self.options
         return prune(model, options.precision, options.keep_ema, options.fix_clip), kind, arch
 
@@ -221,7 +226,8 @@ class Autopruner:
         stem: str,
         outcome: Outcome,
     ) -> Outcome:
-        target = free_name(folder, stem, ".safetensors")
+        suffix = self.layout.suffix_for(outcome.kind or "")
+        target = free_name(folder, stem, suffix)
         checked = TensorChecksums()
 
         def report(done: int, total: int) -> None:
@@ -241,7 +247,7 @@ class Autopruner:
                 except ModelToolkitError:
                     if not target.exists():
                         raise
-                    target = free_name(folder, stem, ".safetensors")  # appeared meanwhile
+                    target = free_name(folder, stem, suffix)  # appeared meanwhile
         finally:
             temp.unlink(missing_ok=True)
         if same_file(path, file_identity(stat)):

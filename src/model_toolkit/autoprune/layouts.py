@@ -12,6 +12,7 @@ from ..errors import UnknownLayoutError, UsageError
 A1111_FOLDERS: dict[str, list[str]] = {
     "checkpoint": ["Stable-diffusion"],
     "vae": ["VAE"],
+    "vae_approx": ["VAE-approx"],  # the webui's own folder for approximate (preview) decoders
     "lora": ["Lora"],
     "controlnet": ["ControlNet"],
     "embedding": ["../embeddings"],  # next to models/, as the webui keeps them
@@ -22,6 +23,7 @@ A1111_FOLDERS: dict[str, list[str]] = {
 COMFYUI_FOLDERS: dict[str, list[str]] = {
     "checkpoint": ["checkpoints"],
     "vae": ["vae"],
+    "vae_approx": ["vae_approx"],
     "lora": ["loras"],
     "controlnet": ["controlnet"],
     "embedding": ["embeddings"],
@@ -34,6 +36,10 @@ LAYOUTS = {
     "comfyui": ("ComfyUI", COMFYUI_FOLDERS, "autoprune"),
 }
 KINDS = tuple(A1111_FOLDERS)
+# What a layout's host loads a kind from, where it is not .safetensors: AUTOMATIC1111 and Forge
+# load their preview decoders by exact name (`VAE-approx/taesd_decoder.pth`, torch.load), so
+# they are filed as a torch zip that our writer makes (tensors only, no code).
+SUFFIXES: dict[str, dict[str, str]] = {"a1111": {"vae_approx": ".pth"}, "comfyui": {}}
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,10 @@ class Layout:
 
     def folder_for(self, kind: str) -> Path:
         return self.folders[kind]
+
+    def suffix_for(self, kind: str) -> str:
+        """The extension a file of this kind is filed with (the host loads it so)."""
+        return SUFFIXES.get(self.name, {}).get(kind, ".safetensors")
 
 
 def recognise(root: Path) -> str:

@@ -129,18 +129,19 @@ class _Emitter:
 
 
 def checkpoint(plan: Plan) -> bytes:
-    """data.pkl for {"state_dict": OrderedDict(name -> tensor), **plan.metadata}."""
+    """data.pkl for {"state_dict": OrderedDict(name -> tensor), **plan.metadata}, or for the
+    OrderedDict alone when the plan says `state_dict_only`."""
     out = _Emitter()
+    if plan.state_dict_only:
+        out.global_("collections", "OrderedDict")
+        out.op(EMPTY_TUPLE, REDUCE)
+        _tensors(out, plan)
+        return out.bytes()
     out.op(EMPTY_DICT, MARK)
     out.string("state_dict")
     out.global_("collections", "OrderedDict")
     out.op(EMPTY_TUPLE, REDUCE)
-    if plan.entries:
-        out.op(MARK)
-        for index, entry in enumerate(plan.entries):
-            out.string(entry.name)
-            out.tensor(str(index), entry.dtype, entry.shape)
-        out.op(SETITEMS)
+    _tensors(out, plan)
     for key, value in plan.metadata.items():
         if key == "state_dict":
             continue
@@ -148,3 +149,13 @@ def checkpoint(plan: Plan) -> bytes:
         out.value(value)
     out.op(SETITEMS)
     return out.bytes()
+
+
+def _tensors(out: _Emitter, plan: Plan) -> None:
+    """The plan's tensors set into the OrderedDict on top of the stack, by name."""
+    if plan.entries:
+        out.op(MARK)
+        for index, entry in enumerate(plan.entries):
+            out.string(entry.name)
+            out.tensor(str(index), entry.dtype, entry.shape)
+        out.op(SETITEMS)

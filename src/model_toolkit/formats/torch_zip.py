@@ -228,7 +228,8 @@ def write(
     chunk_bytes: int,
     taps: Sequence[Tap] = (),
 ) -> None:
-    """A torch zip checkpoint: {"state_dict": tensors, **metadata}, storages 64-byte aligned."""
+    """A torch zip checkpoint: {"state_dict": tensors, **metadata} (or the tensors alone,
+    `plan.state_dict_only`), storages 64-byte aligned."""
     names = [entry.name for entry in plan.entries]
     if len(set(names)) != len(names):
         raise FormatError("the plan has duplicate tensor names")
@@ -256,5 +257,9 @@ def write(
         output = output_chunks(plan, chunk_bytes, taps=taps)
         for index, entry in enumerate(plan.entries):
             record(f"data/{index}", _take(output, entry.nbytes), entry.nbytes, True)
+        # Run the stream to its end: its taps hear the last entry's end only there (a tap
+        # that checksums each tensor missed the last one, and autoprune refused the file).
+        for _ in output:
+            raise AssertionError("the plan wrote more bytes than its entries hold")
         record("version", [b"3\n"], 2)
         record(".data/serialization_id", [serialization_id.encode()], 40)
