@@ -551,3 +551,29 @@ def test_autoprune_files_a_preview_decoder_into_vae_approx(tmp_path, layout, fol
             key_list("taesd/TAESD-Decoder")
         )
         assert {v.dtype for v in state.values()} == {torch.float32}
+
+
+@pytest.mark.slow  # a 40 GB sparse model pruned
+def test_the_empty_edit_2511_marker_is_read_and_written(tmp_path):
+    """`__index_timestep_zero__` has no elements: it survives prune, the copy is identified
+    as Edit-2511 again, and a checkpoint of it loads in torch with the same empty shape."""
+    import torch
+
+    keys = keys_of([(DM, "QwenImage-Edit-2511-transformer")])
+    marker = DM + "__index_timestep_zero__"
+    assert (marker, (0,)) in keys
+    path = write_sparse_safetensors(tmp_path / "edit.safetensors", keys, "BF16")
+    out = tmp_path / "pruned.safetensors"
+    with mtk.open(path) as model:
+        mtk.write_plan(prune(model), out)
+    with mtk.open(out) as model:
+        assert model.tensors[marker].shape == (0,) and mtk.read_all(model.tensors[marker]).size == 0
+        assert mtk.analyze(model).components == {"Qwen-Image": "Qwen-Image-Edit-2511"}
+    # A checkpoint of 40 GB is 40 GB on disk (a zip has no holes): the marker and one tensor.
+    small = write_sparse_safetensors(
+        tmp_path / "small.safetensors", [(marker, (0,)), (DM + "img_in.bias", (3072,))], "BF16"
+    )
+    with mtk.open(small) as model:
+        ckpt = mtk.write_plan(mtk.convert(model), tmp_path / "small.ckpt")
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert state[marker].shape == (0,) and state[marker].dtype == torch.bfloat16
