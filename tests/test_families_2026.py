@@ -577,3 +577,101 @@ def test_the_empty_edit_2511_marker_is_read_and_written(tmp_path):
         ckpt = mtk.write_plan(mtk.convert(model), tmp_path / "small.ckpt")
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert state[marker].shape == (0,) and state[marker].dtype == torch.bfloat16
+
+
+# -- LoRAs of the new families: lists derived from the transformers' by the trainers' rules
+
+
+def lora_of(base_list: str, module: str, down: str, up: str, rank: int, every: int = 1):
+    """A LoRA for every `every`-th weight of a reference list, in a trainer's naming (what the
+    trainers write, built here independently of the package's rule)."""
+    keys = []
+    weights = [(n, s) for n, s in reference(base_list) if n.endswith(".weight") and len(s) >= 2]
+    for name, shape in weights[::every]:
+        path = name[: -len(".weight")]
+        stem = module.format(path=path, flat=path.replace(".", "_"))
+        keys.append((f"{stem}.{down}", (rank, shape[1], *shape[2:])))
+        keys.append((f"{stem}.{up}", (shape[0], rank, *(1 for _ in shape[2:]))))
+        if down == "lora_down.weight":
+            keys.append((f"{stem}.alpha", ()))
+    return keys
+
+
+@pytest.mark.parametrize(
+    ("base_list", "module", "down", "up", "architecture", "component"),
+    [
+        (
+            "Wan2.1-T2V-14B-transformer",
+            "lora_unet_{flat}",
+            "lora_down.weight",
+            "lora_up.weight",
+            "LoRA-Wan",
+            "LoRA-Wan-v2.1-T2V-14B-Kohya",
+        ),
+        (
+            "QwenImage-transformer",
+            "transformer.{path}",
+            "lora_A.weight",
+            "lora_B.weight",
+            "LoRA-Qwen-Image",
+            "LoRA-Qwen-Image-Diffusers",
+        ),
+        (
+            "ZImage-transformer",
+            "diffusion_model.{path}",
+            "lora_A.weight",
+            "lora_B.weight",
+            "LoRA-Z-Image",
+            "LoRA-Z-Image-AIToolkit",
+        ),
+        (
+            "Flux2-klein-9B-transformer",
+            "lora_unet_{flat}",
+            "lora_down.weight",
+            "lora_up.weight",
+            "LoRA-Flux-v2",
+            "LoRA-Flux-v2-Klein-9B-Kohya",
+        ),
+        (
+            "Wan2.2-TI2V-5B-transformer-diffusers",
+            "transformer.{path}",
+            "lora_A.weight",
+            "lora_B.weight",
+            "LoRA-Wan",
+            "LoRA-Wan-v2.2-TI2V-5B-Diffusers",
+        ),
+    ],
+)
+def test_loras_of_the_new_families_name_their_base(
+    tmp_path, base_list, module, down, up, architecture, component
+):
+    keys = lora_of(base_list, module, down, up, rank=16, every=3)
+    path = write_sparse_safetensors(tmp_path / "lora.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture == architecture
+    assert analysis.components == {architecture: component}
+    assert analysis.lora_ranks == [16] and not analysis.unknown_keys
+    base = mtk.architectures.registry.load_registry().architectures[architecture].base
+    assert base == architecture.removeprefix("LoRA-")
+
+
+def test_a_lora_for_another_width_is_a_near_miss_with_its_shapes(tmp_path):
+    """Z-Image's names, but Lumina 2's widths (2304, not 3840): not a Z-Image LoRA."""
+    keys = lora_of(
+        "Lumina2-transformer", "diffusion_model.{path}", "lora_A.weight", "lora_B.weight", 8
+    )
+    z_names = {
+        n
+        for n, _ in lora_of(
+            "ZImage-transformer", "diffusion_model.{path}", "lora_A.weight", "lora_B.weight", 8
+        )
+    }
+    keys = [(n, s) for n, s in keys if n in z_names]
+    assert keys
+    path = write_sparse_safetensors(tmp_path / "lora.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture == "LoRA-Lumina-2"
+    [miss] = [r for r in analysis.detection.rejected if r.name == "LoRA-Z-Image-AIToolkit"]
+    assert miss.reason.startswith("Shapes disagree")

@@ -340,11 +340,16 @@ def test_the_roots_index_is_true_to_the_lists():
     import json
 
     from model_toolkit.architectures import keylists
+    from model_toolkit.architectures.registry import load_registry
 
     index = json.loads(keylists.ROOTS_INDEX.read_text(encoding="utf-8"))
     lists = sorted(path.stem for path in keylists.DATA.glob("*.txt"))
-    assert sorted(index) == lists
+    derived = sorted(n for n, c in load_registry().components.items() if c.derived_form)
+    assert sorted(index) == sorted(lists + [f"derived/{name}" for name in derived])
     for name in lists:
         assert set(index[name]) == set(keylists.list_roots(name)), name
         parsed = {keylists.root_of(key) for key, _ in keylists.load(name)}
         assert set(index[name]) == parsed, name
+    for name in derived:  # made by the rule from the base's keys
+        keys = load_registry().components[name].keys
+        assert set(index[f"derived/{name}"]) == {keylists.root_of(k) for k, _ in keys}, name

@@ -62,6 +62,11 @@ def roots(name: str) -> frozenset[str]:
     return list_roots(name)
 
 
+def indexed_roots(name: str) -> frozenset[str] | None:
+    """The index's entry for `name` (a list, or `derived/COMPONENT`), if it has one."""
+    return _roots_index().get(name)
+
+
 def list_roots(name: str) -> frozenset[str]:
     """The roots of a list, from its text (one pass over its lines, no shapes parsed)."""
     text = (DATA / f"{name}.txt").read_text(encoding="utf-8")
@@ -92,9 +97,18 @@ def _roots_index() -> dict[str, frozenset[str]]:
 
 
 def write_roots_index() -> None:
+    """roots.json from the lists, and from the registry's derived components."""
     import json
 
+    from .derive import lora_keys
+
     index = {path.stem: sorted(list_roots(path.stem)) for path in sorted(DATA.glob("*.txt"))}
+    raw = json.loads((DATA / "registry.json").read_text(encoding="utf-8"))
+    for name, spec in raw["components"].items():
+        if "derive" in spec:
+            base, form = spec["derive"]
+            keys = lora_keys(load(raw["components"][base]["keys"]), raw["lora_formats"][form])
+            index[f"derived/{name}"] = sorted({root_of(key) for key, _ in keys})
     ROOTS_INDEX.write_text(json.dumps(index, separators=(",", ":")) + "\n", encoding="utf-8")
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 
 from . import keylists
+from .derive import lora_keys
 from .keylists import DATA
 
 Key = tuple[str, tuple[int, ...]]  # (tensor name, shape); -1 in a shape is a free dimension
@@ -39,11 +40,16 @@ class Component:
     standalone: tuple[str, str] | None = None
     note: str | None = None  # what the Basic report says when it is found ({renamed}: a count)
     family: str | None = None  # LoRA, LoHa, LoKr: how the report names an adapter
+    # Keys made by a rule from `key_list` (derive.py): the trainer format's naming, as pairs.
+    derived_form: tuple[tuple[str, str], ...] | None = None
 
     @cached_property
     def keys(self) -> frozenset[Key]:
         """Every key the component may have, without prefix."""
-        return frozenset(keylists.load(self.key_list))
+        listed = keylists.load(self.key_list)
+        if self.derived_form is not None:
+            return frozenset(lora_keys(listed, dict(self.derived_form)))
+        return frozenset(listed)
 
     @cached_property
     def required(self) -> frozenset[Key]:
@@ -169,14 +175,15 @@ def load_registry() -> Registry:
             name,
             spec["class"],
             spec["prefix"],
-            spec["keys"],
-            keylists.roots(spec["keys"]),
+            _key_list(spec, raw),
+            _roots(name, spec, raw),
             frozenset(spec.get("optional", [])),
             spec.get("ema_of"),
             spec.get("subset", False),
             tuple(spec["standalone"]) if "standalone" in spec else None,  # type: ignore[arg-type]
             spec.get("note"),
             spec.get("family"),
+            _derived_form(spec, raw),
         )
         for name, spec in raw["components"].items()
     }
@@ -215,3 +222,28 @@ def load_registry() -> Registry:
         tuple((ending, listed) for ending, listed in raw.get("aliases", [])),
         {cls: tuple((w, v) for w, v in pairs) for cls, pairs in raw.get("name_hints", {}).items()},
     )
+
+
+def _key_list(spec: dict, raw: dict) -> str:
+    """The list a component's keys come from: its own, or the base it is derived from."""
+    if "derive" in spec:
+        return raw["components"][spec["derive"][0]]["keys"]
+    return spec["keys"]
+
+
+def _derived_form(spec: dict, raw: dict) -> tuple[tuple[str, str], ...] | None:
+    if "derive" not in spec:
+        return None
+    return tuple(raw["lora_formats"][spec["derive"][1]].items())
+
+
+def _roots(name: str, spec: dict, raw: dict) -> frozenset[str]:
+    """A component's roots: from the index (derived ones under `derived/NAME`), else made."""
+    if "derive" not in spec:
+        return keylists.roots(spec["keys"])
+    found = keylists.indexed_roots(f"derived/{name}")
+    if found is not None:
+        return found
+    keys = lora_keys(keylists.load(_key_list(spec, raw)), dict(_derived_form(spec, raw) or ()))
+    return frozenset(keylists.root_of(key) for key, _ in keys)
+
