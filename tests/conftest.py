@@ -96,8 +96,9 @@ def mixed_state_dict() -> dict[str, torch.Tensor]:
     return tensors
 
 
-def write_sparse_safetensors(path, entries, dtype="F16", fill=None):
-    """A real-sized .safetensors whose data is holes (zeros) except the tensors in `fill`.
+def write_sparse_safetensors(path, entries, dtype="F16", fill=None, metadata=None):
+    """A real-sized .safetensors whose data is holes (zeros) except the tensors in `fill`,
+    with `metadata` (str -> str) as its `__metadata__`.
 
     Real names and shapes cost no disk: a multi-GB checkpoint takes a few KB.
     """
@@ -122,6 +123,8 @@ def write_sparse_safetensors(path, entries, dtype="F16", fill=None):
         }
         offsets[name] = position
         position += size
+    if metadata:
+        header = {"__metadata__": dict(metadata), **header}
     raw = json.dumps(header).encode()
     raw += b" " * (-(8 + len(raw)) % 8)
     base = 8 + len(raw)

@@ -675,3 +675,23 @@ def test_a_lora_for_another_width_is_a_near_miss_with_its_shapes(tmp_path):
     assert analysis.architecture == "LoRA-Lumina-2"
     [miss] = [r for r in analysis.detection.rejected if r.name == "LoRA-Z-Image-AIToolkit"]
     assert miss.reason.startswith("Shapes disagree")
+
+
+def test_ltx2_files_say_their_configuration(tmp_path):
+    """LTX-2 files carry the config their loaders build the model from in `__metadata__`."""
+    import json
+
+    from model_toolkit.hints import header_hints
+
+    config = {"model_version": "2.0", "transformer": {"num_layers": 48}, "vae": {"dims": 3}}
+    path = write_sparse_safetensors(
+        tmp_path / "ltx-2.safetensors",
+        reference("LTX2-19B-transformer"),
+        "BF16",
+        metadata={"config": json.dumps(config)},
+    )
+    with mtk.open(path) as model:
+        hints = header_hints(mtk.analyze(model), model.metadata)
+    [hint] = [h for h in hints if h.topic == "configuration"]
+    assert hint.value == "3 entries; model_version=2.0; sections transformer, vae"
+    assert "metadata `config`" in hint.evidence

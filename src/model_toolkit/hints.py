@@ -87,7 +87,7 @@ def header_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:
     if analysis.architecture == "SD-v2" and isinstance(step, int) and step in STEP_GUESSES:
         evidence = f"global_step {step}, as diffusers and InvokeAI guess it"
         hints.append(Hint("prediction", STEP_GUESSES[step], evidence))
-    hints += name_hints(analysis)
+    hints += name_hints(analysis) + config_hints(analysis, metadata)
     if analysis.architecture and analysis.architecture.startswith("Flux-v1"):
         # Bare (BFL's release) or under any checkpoint prefix.
         has_guidance = any(
@@ -119,6 +119,39 @@ def name_hints(analysis: Analysis) -> list[Hint]:
                 evidence = f"the file name says `{match.group(0)}`; keys cannot tell"
                 found.append(Hint("variant", variant, evidence))
                 break
+    return found
+
+
+def config_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:
+    """The configuration a family's files carry in their metadata (LTX-2's `config`, the
+    JSON its loaders build the model from): what it says at its top level."""
+    from .architectures.registry import load_registry
+
+    table = load_registry().config_metadata
+    found = []
+    for cls in analysis.components:
+        key = table.get(cls)
+        if key is None or key not in metadata:
+            continue
+        value = metadata[key]
+        try:
+            config = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            found.append(Hint("configuration", "unreadable", f"metadata `{key}` is not JSON"))
+            continue
+        if isinstance(config, dict):
+            shown = [f"{k}={v}" for k, v in config.items() if isinstance(v, str | int | float)]
+            parts = [f"{len(config)} entries"] + shown[:6]
+            if any(isinstance(v, dict) for v in config.values()):
+                parts.append(
+                    "sections " + ", ".join(k for k, v in config.items() if isinstance(v, dict))
+                )
+            text = "; ".join(parts)
+        else:
+            text = type(config).__name__
+        found.append(
+            Hint("configuration", text, f"the file's metadata `{key}` (mtk metadata shows it)")
+        )
     return found
 
 

@@ -147,6 +147,8 @@ class Registry:
     # component or class -> [(a word of the file name, the variant it suggests)], first wins:
     # what keys cannot tell (Kontext from dev, Turbo from Base), a hint, never a certainty.
     name_hints: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # class -> the metadata key in which its files carry their own configuration (LTX-2).
+    config_metadata: dict[str, str] = field(default_factory=dict)
 
     def canonical(self, name: str) -> str:
         """The name as the key lists spell it (the file's own name if no alias applies)."""
@@ -221,6 +223,7 @@ def load_registry() -> Registry:
         dict(raw.get("metric_parts", {})),
         tuple((ending, listed) for ending, listed in raw.get("aliases", [])),
         {cls: tuple((w, v) for w, v in pairs) for cls, pairs in raw.get("name_hints", {}).items()},
+        dict(raw.get("config_metadata", {})),
     )
 
 
