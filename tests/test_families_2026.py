@@ -695,3 +695,37 @@ def test_ltx2_files_say_their_configuration(tmp_path):
     [hint] = [h for h in hints if h.topic == "configuration"]
     assert hint.value == "3 entries; model_version=2.0; sections transformer, vae"
     assert "metadata `config`" in hint.evidence
+
+
+@pytest.mark.parametrize(
+    ("family", "tensors"),
+    [
+        ("LoHa", {"hada_w1_a": "oR", "hada_w1_b": "Ri", "hada_w2_a": "oR", "hada_w2_b": "Ri"}),
+        ("LoKr", {"lokr_w1": "ab", "lokr_w2": "cd"}),
+    ],
+)
+def test_lycoris_adapters_of_a_new_family(tmp_path, family, tensors):
+    """LyCORIS LoHa and LoKr of Qwen-Image, in kohya's module naming (as LyCORIS writes them)."""
+    from model_toolkit.findings import gather_findings
+    from model_toolkit.report import basic_report
+
+    sizes = {"R": 8, "a": 4, "b": 4}
+    keys = []
+    linear = [(n, s) for n, s in reference("QwenImage-transformer") if n.endswith(".weight")]
+    for name, (out, inner) in [(n, s) for n, s in linear if len(s) == 2][::5]:
+        stem = "lora_unet_" + name[: -len(".weight")].replace(".", "_")
+        for suffix, dims in tensors.items():
+            if family == "LoKr" and suffix == "lokr_w2":
+                shape = (out // 4, inner // 4)
+            else:
+                shape = tuple({"o": out, "i": inner}.get(d) or sizes[d] for d in dims)
+            keys.append((f"{stem}.{suffix}", shape))
+        keys.append((f"{stem}.alpha", ()))
+    path = write_sparse_safetensors(tmp_path / f"{family}.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        findings = gather_findings(analysis, model.metadata, read_data=False)
+    assert analysis.architecture == "LoRA-Qwen-Image"
+    assert analysis.components == {"LoRA-Qwen-Image": f"{family}-Qwen-Image"}
+    assert not analysis.unknown_keys
+    assert f"{family} for Qwen-Image" in basic_report(analysis, findings)

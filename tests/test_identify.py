@@ -344,12 +344,15 @@ def test_the_roots_index_is_true_to_the_lists():
 
     index = json.loads(keylists.ROOTS_INDEX.read_text(encoding="utf-8"))
     lists = sorted(path.stem for path in keylists.DATA.glob("*.txt"))
-    derived = sorted(n for n, c in load_registry().components.items() if c.derived_form)
-    assert sorted(index) == sorted(lists + [f"derived/{name}" for name in derived])
+    raw = json.loads((keylists.DATA / "registry.json").read_text(encoding="utf-8"))
+    derived = {n: s for n, s in raw["components"].items() if "derive" in s}
+    entries = {keylists.derived_index_name(spec, raw) for spec in derived.values()}
+    assert sorted(index) == sorted(lists + sorted(entries))
     for name in lists:
         assert set(index[name]) == set(keylists.list_roots(name)), name
         parsed = {keylists.root_of(key) for key, _ in keylists.load(name)}
         assert set(index[name]) == parsed, name
-    for name in derived:  # made by the rule from the base's keys
+    for name, spec in derived.items():  # made by the rule from the base's keys
         keys = load_registry().components[name].keys
-        assert set(index[f"derived/{name}"]) == {keylists.root_of(k) for k, _ in keys}, name
+        entry = keylists.derived_index_name(spec, raw)
+        assert set(index[entry]) == {keylists.root_of(k) for k, _ in keys}, name

@@ -62,6 +62,13 @@ def roots(name: str) -> frozenset[str]:
     return list_roots(name)
 
 
+def derived_index_name(spec: dict, raw: dict) -> str:
+    """The index entry of a derived component's roots: they depend only on its base list and
+    its format's layer naming, so a LoRA, LoHa and LoKr of one base share one entry."""
+    base, form = spec["derive"]
+    return f"derived/{raw['components'][base]['keys']}/{raw['lora_formats'][form]['module']}"
+
+
 def indexed_roots(name: str) -> frozenset[str] | None:
     """The index's entry for `name` (a list, or `derived/COMPONENT`), if it has one."""
     return _roots_index().get(name)
@@ -104,11 +111,11 @@ def write_roots_index() -> None:
 
     index = {path.stem: sorted(list_roots(path.stem)) for path in sorted(DATA.glob("*.txt"))}
     raw = json.loads((DATA / "registry.json").read_text(encoding="utf-8"))
-    for name, spec in raw["components"].items():
+    for spec in raw["components"].values():
         if "derive" in spec:
             base, form = spec["derive"]
             keys = lora_keys(load(raw["components"][base]["keys"]), raw["lora_formats"][form])
-            index[f"derived/{name}"] = sorted({root_of(key) for key, _ in keys})
+            index[derived_index_name(spec, raw)] = sorted({root_of(key) for key, _ in keys})
     ROOTS_INDEX.write_text(json.dumps(index, separators=(",", ":")) + "\n", encoding="utf-8")
 
 

@@ -40,15 +40,16 @@ class Component:
     standalone: tuple[str, str] | None = None
     note: str | None = None  # what the Basic report says when it is found ({renamed}: a count)
     family: str | None = None  # LoRA, LoHa, LoKr: how the report names an adapter
-    # Keys made by a rule from `key_list` (derive.py): the trainer format's naming, as pairs.
-    derived_form: tuple[tuple[str, str], ...] | None = None
+    # Keys made by a rule from `key_list` (derive.py): the trainer format, as JSON text (a
+    # frozen dataclass field must hash).
+    derived_form: str | None = None
 
     @cached_property
     def keys(self) -> frozenset[Key]:
         """Every key the component may have, without prefix."""
         listed = keylists.load(self.key_list)
         if self.derived_form is not None:
-            return frozenset(lora_keys(listed, dict(self.derived_form)))
+            return frozenset(lora_keys(listed, json.loads(self.derived_form)))
         return frozenset(listed)
 
     @cached_property
@@ -234,19 +235,19 @@ def _key_list(spec: dict, raw: dict) -> str:
     return spec["keys"]
 
 
-def _derived_form(spec: dict, raw: dict) -> tuple[tuple[str, str], ...] | None:
+def _derived_form(spec: dict, raw: dict) -> str | None:
     if "derive" not in spec:
         return None
-    return tuple(raw["lora_formats"][spec["derive"][1]].items())
+    return json.dumps(raw["lora_formats"][spec["derive"][1]])
 
 
 def _roots(name: str, spec: dict, raw: dict) -> frozenset[str]:
-    """A component's roots: from the index (derived ones under `derived/NAME`), else made."""
+    """A component's roots: from the index (derived ones by base and naming), else made."""
     if "derive" not in spec:
         return keylists.roots(spec["keys"])
-    found = keylists.indexed_roots(f"derived/{name}")
+    found = keylists.indexed_roots(keylists.derived_index_name(spec, raw))
     if found is not None:
         return found
-    keys = lora_keys(keylists.load(_key_list(spec, raw)), dict(_derived_form(spec, raw) or ()))
+    keys = lora_keys(keylists.load(_key_list(spec, raw)), raw["lora_formats"][spec["derive"][1]])
     return frozenset(keylists.root_of(key) for key, _ in keys)
 
