@@ -294,4 +294,3 @@ def test_a_state_dict_only_checkpoint_is_the_tensors_alone(tmp_path):
     assert list(loaded) == ["1.weight"]
     torch.nn.Linear(4, 3, bias=False).load_state_dict({"weight": loaded["1.weight"]})
     assert np.array_equal(loaded["1.weight"].numpy(), values)
-

@@ -250,4 +250,3 @@ def _roots(name: str, spec: dict, raw: dict) -> frozenset[str]:
         return found
     keys = lora_keys(keylists.load(_key_list(spec, raw)), raw["lora_formats"][spec["derive"][1]])
     return frozenset(keylists.root_of(key) for key, _ in keys)
-
