@@ -85,6 +85,11 @@ CASES = {
         "Qwen-Image",
         {"Qwen-Image": "Qwen-Image-Edit-2511"},
     ),
+    "qwen-image-layered": (
+        [("", "QwenImage-Layered-transformer")],
+        "Qwen-Image",
+        {"Qwen-Image": "Qwen-Image-Layered"},
+    ),
     "qwen-image-aio": (
         [
             (DM, "QwenImage-transformer"),
@@ -214,9 +219,12 @@ CASES = {
 
 
 def reference(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """A list by the name the reference gives it (tests/data/keys/2026), or a package list."""
-    path = DATA / "keys" / "2026" / f"{name}.txt"
-    return key_list(f"2026/{name}") if path.exists() else keylists.load(name)
+    """A list by the name the reference gives it (tests/data/keys/2026; derived/: lists made
+    here from them), or a package list."""
+    for folder in ("2026", "derived"):
+        if (DATA / "keys" / folder / f"{name}.txt").exists():
+            return key_list(f"{folder}/{name}")
+    return keylists.load(name)
 
 
 def keys_of(parts: list[tuple[str, str]]) -> list[tuple[str, tuple[int, ...]]]:
