@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .dtypes import DType
 from .errors import FormatError
-from .storage import Chunk, FileData, FileSpan, InMemory, Storage, Zeros
+from .storage import Chunk, FileData, FileSpan, InMemory, Storage, Zeros, given
 from .text import printable
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def read_all(tensor: Tensor) -> np.ndarray:
     ids, a v-prediction marker) and for tests."""
     import numpy as np
 
-    parts = [np.array(chunk, copy=True) for chunk in values(tensor)]
+    parts = list(values(tensor))  # concatenate copies: nothing stays a view of a file
     flat = np.concatenate(parts) if parts else np.zeros(0, tensor.dtype.numpy)
     return flat.astype(tensor.dtype.numpy, copy=False).reshape(tensor.shape)
 
@@ -184,7 +184,7 @@ class TensorRef:
         per_chunk = max(1, max_bytes // itemsize)
         if not self.is_contiguous:
             for block in self._strided_chunks(per_chunk):
-                yield len(block), partial(_given, block)
+                yield len(block), partial(given, block)
             return
         start = self.storage_offset * itemsize
         for nbytes, job in self.storage.chunks(start, self.nbytes, per_chunk * itemsize):
@@ -269,10 +269,6 @@ def check_view(ref: TensorRef) -> None:
             f"{name}: tensor {printable(ref.name, 200)} of shape {list(ref.shape)} repeats "
             f"a storage of {available} elements {ref.numel // max(available, 1)}x over"
         )
-
-
-def _given(values: np.ndarray) -> np.ndarray:
-    return values
 
 
 def _contiguous_blocks(view: np.ndarray, per_chunk: int) -> Iterator[np.ndarray]:

@@ -145,8 +145,10 @@ class FileSpan:
     def whole(self) -> Iterator[tuple[np.ndarray, Callable[[], None]]]:
         """All bytes of the storage, mapped, and a function that releases the pages read."""
         start, end = self.offset, self.offset + self.nbytes
-        yield self.mapped(0, self.nbytes), partial(self.data.release, start, end)
-        self.data.release(start, end)
+        try:
+            yield self.mapped(0, self.nbytes), partial(self.data.release, start, end)
+        finally:
+            self.data.release(start, end)
 
 
 @dataclass(frozen=True)
@@ -168,11 +170,11 @@ class ZipMember:
         for piece in self._stream(start, length, chunk):
             pending += piece
             while len(pending) >= chunk:
-                block = np.frombuffer(bytes(pending[:chunk]), np.uint8)
+                block = np.frombuffer(pending[:chunk], np.uint8)  # the slice is a copy
                 del pending[:chunk]
-                yield chunk, partial(_given, block)
+                yield chunk, partial(given, block)
         if pending:
-            yield len(pending), partial(_given, np.frombuffer(bytes(pending), np.uint8))
+            yield len(pending), partial(given, np.frombuffer(pending, np.uint8))
 
     def _stream(self, start: int, length: int, chunk: int) -> Iterator[bytes]:
         """Bytes [start, start+length) of the entry, decompressed as a stream.
@@ -235,7 +237,7 @@ class InMemory:
         values = np.frombuffer(self.buffer, np.uint8, length, start)
         for done in range(0, length, chunk):
             block = values[done : done + chunk]
-            yield len(block), partial(_given, block)
+            yield len(block), partial(given, block)
 
     @contextlib.contextmanager
     def whole(self) -> Iterator[tuple[np.ndarray, Callable[[], None]]]:
@@ -256,7 +258,8 @@ class Zeros:
         import numpy as np
 
         for done in range(0, length, chunk):
-            yield min(chunk, length - done), partial(np.zeros, min(chunk, length - done), np.uint8)
+            count = min(chunk, length - done)
+            yield count, partial(np.zeros, count, np.uint8)
 
     @contextlib.contextmanager
     def whole(self) -> Iterator[tuple[np.ndarray, Callable[[], None]]]:
@@ -268,7 +271,8 @@ class Zeros:
 Storage = FileSpan | ZipMember | InMemory | Zeros
 
 
-def _given(values: np.ndarray) -> np.ndarray:
+def given(values: np.ndarray) -> np.ndarray:
+    """A chunk's job for values already at hand (read in order, or held in memory)."""
     return values
 
 
