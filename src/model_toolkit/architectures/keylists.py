@@ -69,9 +69,19 @@ def derived_index_name(spec: dict, raw: dict) -> str:
     return f"derived/{raw['components'][base]['keys']}/{raw['lora_formats'][form]['module']}"
 
 
-def indexed_roots(name: str) -> frozenset[str] | None:
-    """The index's entry for `name` (a list, or `derived/COMPONENT`), if it has one."""
-    return _roots_index().get(name)
+def derived_roots(spec: dict, raw: dict) -> frozenset[str]:
+    """The roots of a derived component (registry `derive`): from the index, else made from
+    its base list by its format's rule."""
+    found = _roots_index().get(derived_index_name(spec, raw))
+    return found if found is not None else _make_derived_roots(spec, raw)
+
+
+def _make_derived_roots(spec: dict, raw: dict) -> frozenset[str]:
+    from .derive import lora_keys  # derive imports this module
+
+    base, form = spec["derive"]
+    keys = lora_keys(load(raw["components"][base]["keys"]), raw["lora_formats"][form])
+    return frozenset(root_of(key) for key, _ in keys)
 
 
 def list_roots(name: str) -> frozenset[str]:
@@ -88,8 +98,8 @@ _INDEX: dict[str, frozenset[str]] | None = None
 
 
 def _roots_index() -> dict[str, frozenset[str]]:
-    """roots.json: every shipped list's roots, so that start-up reads one small file instead
-    of every list (190 lists). Kept true by tests/test_identify.py, rebuilt with
+    """roots.json: every shipped list's roots, so that start-up reads one file instead of
+    every list. Kept true by tests/test_identify.py, rebuilt with
     `python -m model_toolkit.architectures.keylists`."""
     global _INDEX
     if _INDEX is None:
@@ -107,15 +117,11 @@ def write_roots_index() -> None:
     """roots.json from the lists, and from the registry's derived components."""
     import json
 
-    from .derive import lora_keys
-
     index = {path.stem: sorted(list_roots(path.stem)) for path in sorted(DATA.glob("*.txt"))}
     raw = json.loads((DATA / "registry.json").read_text(encoding="utf-8"))
     for spec in raw["components"].values():
         if "derive" in spec:
-            base, form = spec["derive"]
-            keys = lora_keys(load(raw["components"][base]["keys"]), raw["lora_formats"][form])
-            index[derived_index_name(spec, raw)] = sorted({root_of(key) for key, _ in keys})
+            index[derived_index_name(spec, raw)] = sorted(_make_derived_roots(spec, raw))
     ROOTS_INDEX.write_text(json.dumps(index, separators=(",", ":")) + "\n", encoding="utf-8")
 
 

@@ -6,9 +6,10 @@ Nothing here knows a particular architecture: adding one is a key list and a lin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache, cached_property
+from typing import Any
 
 from . import keylists
 from .derive import lora_keys
@@ -40,16 +41,16 @@ class Component:
     standalone: tuple[str, str] | None = None
     note: str | None = None  # what the Basic report says when it is found ({renamed}: a count)
     family: str | None = None  # LoRA, LoHa, LoKr: how the report names an adapter
-    # Keys made by a rule from `key_list` (derive.py): the trainer format, as JSON text (a
-    # frozen dataclass field must hash).
-    derived_form: str | None = None
+    # Keys made by a rule from `key_list` (derive.py): the trainer's format (registry
+    # `lora_formats`); not part of equality, so the frozen dataclass still hashes.
+    derived_form: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @cached_property
     def keys(self) -> frozenset[Key]:
         """Every key the component may have, without prefix."""
         listed = keylists.load(self.key_list)
         if self.derived_form is not None:
-            return frozenset(lora_keys(listed, json.loads(self.derived_form)))
+            return frozenset(lora_keys(listed, self.derived_form))
         return frozenset(listed)
 
     @cached_property
@@ -179,7 +180,7 @@ def load_registry() -> Registry:
             spec["class"],
             spec["prefix"],
             _key_list(spec, raw),
-            _roots(name, spec, raw),
+            _roots(spec, raw),
             frozenset(spec.get("optional", [])),
             spec.get("ema_of"),
             spec.get("subset", False),
@@ -235,18 +236,10 @@ def _key_list(spec: dict, raw: dict) -> str:
     return spec["keys"]
 
 
-def _derived_form(spec: dict, raw: dict) -> str | None:
-    if "derive" not in spec:
-        return None
-    return json.dumps(raw["lora_formats"][spec["derive"][1]])
+def _derived_form(spec: dict, raw: dict) -> dict[str, Any] | None:
+    return raw["lora_formats"][spec["derive"][1]] if "derive" in spec else None
 
 
-def _roots(name: str, spec: dict, raw: dict) -> frozenset[str]:
-    """A component's roots: from the index (derived ones by base and naming), else made."""
-    if "derive" not in spec:
-        return keylists.roots(spec["keys"])
-    found = keylists.indexed_roots(keylists.derived_index_name(spec, raw))
-    if found is not None:
-        return found
-    keys = lora_keys(keylists.load(_key_list(spec, raw)), raw["lora_formats"][spec["derive"][1]])
-    return frozenset(keylists.root_of(key) for key, _ in keys)
+def _roots(spec: dict, raw: dict) -> frozenset[str]:
+    """A component's roots, from the index (keylists)."""
+    return keylists.derived_roots(spec, raw) if "derive" in spec else keylists.roots(spec["keys"])
