@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .architectures.detect import Detection, allowed_keys, detect
 from .architectures.locate import POSITION_IDS
@@ -17,11 +17,7 @@ from .architectures.registry import Key, Registry, load_registry
 from .dtypes import DTYPES, DType, auto_precision, float_bytes, target_dtype
 from .model import Source, Tensor
 
-if TYPE_CHECKING:
-    pass
-
 EMA_PREFIX = "model_ema."
-# Old NAI-style checkpoints lack `text_model.` in their CLIP keys; they are renamed on the way.
 
 
 @dataclass(frozen=True)

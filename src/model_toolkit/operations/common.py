@@ -28,7 +28,7 @@ def source_name(source: Source) -> str:
 
 
 def entries_of(source: Source) -> dict[str, PlanEntry]:
-    """Every tensor of a source as a plan entry (a file's copy theirs), by name."""
+    """Every tensor of a source as a plan entry, by name (a file's entries copy its tensors)."""
     return {entry.name: entry for entry in source.entries}
 
 
