@@ -209,13 +209,14 @@ class Autopruner:
             classes = ", ".join(analysis.components)
             details = advanced_report(analysis, Findings())
             raise Rejected(f"partial model ({arch}): it has only {classes}", details)
+        options = self.options
         if kind in UNCHANGED_VALUES:
             plan = convert(model, None)
-            # A torch file for its host (the webui's preview decoders) is the state dict alone.
-            plan.state_dict_only = self.layout.suffix_for(kind) != ".safetensors"
-            return plan, kind, arch
-        options = self.options
-        return prune(model, options.precision, options.keep_ema, options.fix_clip), kind, arch
+        else:
+            plan = prune(model, options.precision, options.keep_ema, options.fix_clip)
+        # A torch file for its host (the webui's preview decoders) is the state dict alone.
+        plan.state_dict_only = self.layout.suffix_for(kind) != ".safetensors"
+        return plan, kind, arch
 
     def _file(
         self,
