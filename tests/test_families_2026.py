@@ -685,6 +685,103 @@ def test_a_lora_for_another_width_is_a_near_miss_with_its_shapes(tmp_path):
     assert miss.reason.startswith("Shapes disagree")
 
 
+# -- Text-encoder LoRAs: sd-scripts names the encoder's attention and MLP layers from the model
+# inside the file's `model.` (`lora_te_layers_0_self_attn_q_proj`), OneTrainer's diffusers
+# form `text_encoder.layers.0.self_attn.q_proj.lora_A.weight`; T5's from `encoder.block`.
+
+
+def te_lora_of(base_list: str, form: str, rank: int = 8, every: int = 1):
+    """A text-encoder LoRA of a reference list, as the trainers name it (built here, apart
+    from the package's rule): kohya `lora_te_` or PEFT `text_encoder.`."""
+    import re
+
+    layer = re.compile(
+        r"(model\.)?(layers\.\d+\.(self_attn|mlp)\.\w+"
+        r"|encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|DenseReluDense\.w\w*))$"
+    )
+    keys = []
+    weights = [(n, s) for n, s in reference(base_list) if n.endswith(".weight")]
+    for name, (out, inner) in [(n, s) for n, s in weights if len(s) == 2][::every]:
+        match = layer.match(name[: -len(".weight")])
+        if not match:
+            continue
+        path = match.group(2)
+        if form == "kohya":
+            stem = "lora_te_" + path.replace(".", "_")
+            keys += [(f"{stem}.lora_down.weight", (rank, inner)), (f"{stem}.alpha", ())]
+            keys.append((f"{stem}.lora_up.weight", (out, rank)))
+        else:
+            stem = "text_encoder." + path
+            keys += [(f"{stem}.lora_A.weight", (rank, inner))]
+            keys.append((f"{stem}.lora_B.weight", (out, rank)))
+    return keys
+
+
+@pytest.mark.parametrize(
+    ("base_list", "form", "architecture", "component", "also"),
+    [
+        ("Gemma2-2B", "kohya", "LoRA-Lumina-2-TE", "LoRA-Gemma-2-2B-Kohya", None),
+        ("Qwen2.5-VL-7B", "kohya", "LoRA-Qwen-Image-TE", "LoRA-Qwen2.5-VL-7B-Kohya", None),
+        ("UMT5-XXL-encoder", "kohya", "LoRA-Wan-TE", "LoRA-UMT5-XXL-Kohya", None),
+        ("Qwen3-8B", "peft", "LoRA-Flux-v2-Klein-9B-TE", "LoRA-Qwen3-8B-PEFT", None),
+        ("Qwen3-0.6B", "kohya", "LoRA-Anima-TE", "LoRA-Qwen3-0.6B-Kohya", None),
+        # Z-Image and FLUX.2 klein 4B share Qwen3-4B; HiDream-I1 and HunyuanVideo a Llama-3-8B
+        ("Qwen3-4B", "peft", "LoRA-Flux-v2-Klein-4B-TE", "LoRA-Qwen3-4B-PEFT", "Z-Image"),
+        ("Llama3.1-8B", "kohya", "LoRA-HunyuanVideo-TE", "LoRA-Llama-3.1-8B-Kohya", "HiDream-I1"),
+    ],
+)
+def test_text_encoder_loras_of_the_new_families(
+    tmp_path, base_list, form, architecture, component, also
+):
+    from model_toolkit.hints import base_hints
+
+    keys = te_lora_of(base_list, form, every=2)
+    path = write_sparse_safetensors(tmp_path / "te.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture == architecture
+    assert list(analysis.components.values()) == [component]
+    assert analysis.lora_ranks == [8] and not analysis.unknown_keys
+    hints = base_hints(analysis)
+    if also is None:
+        assert hints == []
+    else:
+        [hint] = hints
+        assert also in hint.value and "keys cannot tell" in hint.evidence
+
+
+def test_a_lora_of_the_transformer_and_its_text_encoder_is_one_lora(tmp_path):
+    """sd-scripts' Anima LoRAs train Qwen3 with the DiT (`lora_unet_` + `lora_te_`)."""
+    keys = lora_of("Anima-transformer", "lora_unet_{flat}", "lora_down.weight", "lora_up.weight", 8)
+    keys += te_lora_of("Qwen3-0.6B", "kohya")
+    path = write_sparse_safetensors(tmp_path / "anima.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        assert analysis.architecture == "LoRA-Anima"
+        assert analysis.components == {
+            "LoRA-Anima": "LoRA-Anima-Kohya",
+            "LoRA-Qwen3-0.6B": "LoRA-Qwen3-0.6B-Kohya",
+        }
+        assert not analysis.unknown_keys and not analysis.junk_keys
+
+
+def test_a_text_encoder_lora_for_another_width_is_a_near_miss(tmp_path):
+    """Qwen3-8B and Llama-3-8B have the same attention widths, not the same MLP: a Qwen3-8B
+    encoder LoRA whose first MLP has Llama's width is neither's, and says why."""
+    llama = dict(te_lora_of("Llama3.1-8B", "peft"))
+    keys = [
+        (n, llama[n] if n.startswith("text_encoder.layers.0.mlp.") else s)
+        for n, s in te_lora_of("Qwen3-8B", "peft")
+    ]
+    path = write_sparse_safetensors(tmp_path / "te.safetensors", keys, "BF16")
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture is None
+    reasons = {r.name: r.reason for r in analysis.detection.rejected}
+    assert reasons["LoRA-Qwen3-8B-PEFT"].startswith("Shapes disagree")
+    assert reasons["LoRA-Llama-3.1-8B-PEFT"].startswith("Shapes disagree")
+
+
 def test_ltx2_files_say_their_configuration(tmp_path):
     """LTX-2 files carry the config their loaders build the model from in `__metadata__`."""
     import json

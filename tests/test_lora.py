@@ -267,3 +267,121 @@ def test_kohya_loras_with_their_text_encoders(tmp_path, unet, arch, text):
     assert analysis.architecture == arch
     assert analysis.unknown_keys == []
     assert len(analysis.components) == 1 + len(text)
+
+
+def hints_of(analysis) -> dict[str, str]:
+    from model_toolkit.hints import header_hints
+
+    return {hint.topic: hint.value for hint in header_hints(analysis, {})}
+
+
+@pytest.mark.parametrize(
+    ("lists", "arch", "hint"),
+    [
+        # CLIP-L alone: SDXL's te1, SD3's te1 and Flux's te1 are all `lora_te1_` + CLIP-L
+        (["LoRA-kohya-SDXL-TE1"], "LoRA-XL-TE", "SD-XL, SD-v3 or Flux-v1"),
+        # CLIP-L and CLIP-G: SDXL's and SD3's pair, not Flux's (its te2 is T5)
+        (["LoRA-kohya-SDXL-TE1", "LoRA-kohya-SDXL-TE2"], "LoRA-XL-TE", "SD-XL or SD-v3"),
+        # OpenCLIP-H, SD2's alone
+        (["LoRA-kohya-SD2-TE"], "LoRA-v2-TE", None),
+    ],
+)
+def test_text_encoder_only_loras_say_every_base_they_fit(tmp_path, lists, arch, hint):
+    entries = [e for name in lists for e in load_path(LORA / f"{name}.txt")]
+    path = write_lora(tmp_path / "te.safetensors", ranked(entries, 8), alpha=4)
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture == arch
+    assert analysis.unknown_keys == [] and analysis.lora_ranks == [8]
+    assert hints_of(analysis).get("base model") == hint
+
+
+def test_a_full_lora_with_its_text_encoder_gets_no_base_hint(tmp_path):
+    """A UNet part decides the base: the CLIP-L part's other bases are not hinted."""
+    entries = load_path(LORA / "LoRA-kohya-SDXL-UNET.txt") + load_path(
+        LORA / "LoRA-kohya-SDXL-TE1.txt"
+    )
+    path = write_lora(tmp_path / "xl.safetensors", ranked(entries, 8))
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture == "LoRA-XL"
+    assert "base model" not in hints_of(analysis)
+
+
+# -- cloneofsimo's format (lora_diffusion, 2022-23): layers by number, tokens by name
+
+
+def cloneofsimo_file(path, lists, tokens=(), width=768, rank=4):
+    """A file as save_safeloras_with_embeds writes it: `unet:{i}:up/down`, a learned
+    token's embedding under the token's name, and the metadata it adds."""
+    from safetensors.numpy import save_file
+
+    from model_toolkit.architectures import keylists
+
+    rng = np.random.default_rng(0)
+    tensors, metadata = {}, {}
+    for name in lists:
+        for key, shape in ranked(keylists.load(name), rank):
+            tensors[key] = (rng.standard_normal(shape) * 0.01).astype(np.float16)
+        group = "text_encoder" if "CLIP" in name else "unet"
+        metadata[group] = json.dumps(
+            ["CLIPAttention"] if group == "text_encoder" else ["Attention"]
+        )
+    for token in tokens:
+        tensors[token] = rng.standard_normal(width).astype(np.float32)
+        metadata[token] = "<embed>"
+    save_file(tensors, str(path), metadata)
+    return path
+
+
+def test_a_cloneofsimo_lora_with_its_tokens(tmp_path):
+    from model_toolkit.report import Findings, basic_report
+
+    path = cloneofsimo_file(
+        tmp_path / "pti.safetensors",
+        ["LoRA-v1-UNET-Cloneofsimo", "LoRA-v1-CLIP-Cloneofsimo"],
+        tokens=["<s1>", "<s2>"],
+    )
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+        text = basic_report(analysis, Findings())
+    assert analysis.architecture == "LoRA-v1-Cloneofsimo"
+    assert analysis.components == {
+        "LoRA-v1-UNET-Cloneofsimo": "LoRA-v1-UNET-Cloneofsimo",
+        "LoRA-v1-CLIP-Cloneofsimo": "LoRA-v1-CLIP-Cloneofsimo",
+        "Embedding-v1-Cloneofsimo": "Embedding-v1-Cloneofsimo",
+    }
+    assert analysis.unknown_keys == [] and analysis.junk_keys == []
+    assert analysis.lora_ranks == [4]
+    assert "LoRA for SD-v1: rank 4." in text
+    assert "token embeddings (<s1>, <s2>:" in text and "ComfyUI do not read it" in text
+
+
+def test_cloneofsimo_presets_and_bases_are_told_apart(tmp_path):
+    """The extended preset numbers the resnets' layers in between: its indices have other
+    shapes than the default preset's, and SD2's cross-attention reads 1024 wide."""
+    path = cloneofsimo_file(tmp_path / "v2.safetensors", ["LoRA-v2-UNET-Cloneofsimo-Extended"])
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model)
+    assert analysis.architecture == "LoRA-v2-Cloneofsimo"
+    assert analysis.components == {"LoRA-v2-UNET-Cloneofsimo": "LoRA-v2-UNET-Cloneofsimo-Extended"}
+    rejected = {r.name: r.reason for r in analysis.detection.rejected}
+    assert rejected["LoRA-v2-UNET-Cloneofsimo"].startswith("Shapes disagree")
+    assert rejected["LoRA-v1-UNET-Cloneofsimo-Extended"].startswith("Shapes disagree")
+
+
+def test_a_cloneofsimo_text_encoder_lora_and_its_prune_keep_every_tensor(tmp_path):
+    from safetensors.numpy import load_file
+
+    from model_toolkit.operations import prune
+
+    path = cloneofsimo_file(
+        tmp_path / "te.safetensors", ["LoRA-v2-CLIP-Cloneofsimo"], tokens=["<krk>"], width=1024
+    )
+    with mtk.open(path) as model:
+        analysis = mtk.analyze(model, precision=None)
+        assert analysis.architecture == "LoRA-v2-Cloneofsimo-TE"
+        out = mtk.write_plan(prune(model, None), tmp_path / "out.safetensors")
+    ours, theirs = load_file(str(out)), load_file(str(path))
+    assert ours.keys() == theirs.keys() and "<krk>" in ours
+    assert all(np.array_equal(ours[k], theirs[k]) for k in theirs)

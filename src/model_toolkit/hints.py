@@ -87,7 +87,7 @@ def header_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:
     if analysis.architecture == "SD-v2" and isinstance(step, int) and step in STEP_GUESSES:
         evidence = f"global_step {step}, as diffusers and InvokeAI guess it"
         hints.append(Hint("prediction", STEP_GUESSES[step], evidence))
-    hints += name_hints(analysis) + config_hints(analysis, metadata)
+    hints += name_hints(analysis) + config_hints(analysis, metadata) + base_hints(analysis)
     if analysis.architecture and analysis.architecture.startswith("Flux-v1"):
         # Bare (BFL's release) or under any checkpoint prefix.
         has_guidance = any(
@@ -120,6 +120,44 @@ def name_hints(analysis: Analysis) -> list[Hint]:
                 found.append(Hint("variant", variant, evidence))
                 break
     return found
+
+
+def base_hints(analysis: Analysis) -> list[Hint]:
+    """Other bases whose adapters have exactly the keys this file has: a text-encoder LoRA of
+    CLIP-L alone is an SD-XL, Flux.1 or SD3 LoRA, and only its trainer knows which."""
+    from .architectures.detect import allowed_keys, resolve_class
+    from .architectures.registry import load_registry
+
+    detection = analysis.detection
+    if detection.resolved is None or len(detection.found) < 2:
+        return []
+    registry = load_registry()
+
+    def explained(arch: str) -> set[str]:
+        chosen = {
+            cls: resolve_class(members, registry, detection.matched)[:1]
+            for cls, members in detection.found[arch].items()
+        }
+        keys = allowed_keys(arch, chosen, registry)
+        return {name for name, key in detection.keys.items() if key in keys}
+
+    base = registry.architectures[detection.resolved].base
+    if base is None:
+        return []
+    mine = explained(detection.resolved)
+    alike = [
+        arch
+        for arch in detection.found
+        if arch != detection.resolved
+        and registry.architectures[arch].base not in (None, base)
+        and explained(arch) == mine
+    ]
+    if not alike:
+        return []
+    bases = list(dict.fromkeys([base] + [registry.architectures[a].base or "" for a in alike]))
+    value = ", ".join(bases[:-1]) + " or " + bases[-1]
+    evidence = f"the same keys fit {', '.join([detection.resolved] + alike)}; keys cannot tell"
+    return [Hint("base model", value, evidence)]
 
 
 def config_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:

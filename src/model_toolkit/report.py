@@ -94,8 +94,10 @@ def basic_report(
     if sizes.precision_waste:
         out.append(f"Wastes {size_text(sizes.precision_waste)} on precision.")
     registry = load_registry()
-    notes = [registry.components[name].note for name in analysis.components.values()]
-    out += [note.format(renamed=len(analysis.renamed_keys)) for note in notes if note]
+    notes = dict.fromkeys(registry.components[name].note for name in analysis.components.values())
+    chosen = {listed for _, listed in registry.name_patterns}  # names the file chose itself
+    named = ", ".join(n for n, key in analysis.detection.keys.items() if key[0] in chosen)
+    out += [note.format(renamed=len(analysis.renamed_keys), named=named) for note in notes if note]
     for cls, (found, slot) in analysis.misplaced.items():
         if registry.components[analysis.components[cls]].note:
             continue  # said by its note (NAI's CLIP is "mislabelled")

@@ -8,7 +8,7 @@ words, so that users can see why a file was not recognised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .registry import Component, Key, NameIndex, Registry, load_registry
@@ -57,14 +57,11 @@ def describe_missing(missing: set[Key], present: Mapping[str, tuple[int, ...]]) 
     return lines
 
 
-def _aliased_names(
-    shapes: Mapping[str, tuple[int, ...]], candidates: list[Component], registry: Registry
-) -> dict[str, str]:
+def _aliased_names(spelled: Mapping[str, str], candidates: list[Component]) -> dict[str, str]:
     """File name -> the spelling a candidate's list has, for names no list has as they are
     but one has under an alias (ComfyUI's `norm.query_norm.weight` for BFL's `.scale`; the
-    diffusers lists that say `.weight` themselves match as they are)."""
-    spelled = {name: registry.canonical(name) for name in shapes} if registry.aliases else {}
-    spelled = {name: listed for name, listed in spelled.items() if listed != name}
+    diffusers lists that say `.weight` themselves match as they are) or a name pattern
+    (`<s1>` as `<token>`)."""
     if not spelled:
         return {}
     listed = {
@@ -76,16 +73,26 @@ def _aliased_names(
     return {n: s for n, s in spelled.items() if n not in listed and s in listed}
 
 
+def _respelled(names: Iterable[str], registry: Registry) -> dict[str, str]:
+    """File name -> its spelling in the lists, for the names an alias or pattern applies to."""
+    if not registry.renames:
+        return {}
+    spelled = {name: registry.canonical(name) for name in names}
+    return {name: listed for name, listed in spelled.items() if listed != name}
+
+
 def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = None) -> Detection:
     """Identify a file from its tensor names and shapes."""
     registry = registry or load_registry()
-    names = NameIndex(shapes)
+    spelled = _respelled(shapes, registry)
+    # Candidates by root, under both spellings: a pattern's name (`<token>`) is its own root.
+    names = NameIndex([*shapes, *spelled.values()])
     candidates = [c for c in registry.components.values() if c.may_match(names)]
     free_shapes: dict[str, dict[int, tuple[int, ...]]] = {}
     for component in candidates:
         for name, by_rank in component.free_shapes.items():
             free_shapes.setdefault(name, {}).update(by_rank)
-    listed_as = _aliased_names(shapes, candidates, registry)
+    listed_as = _aliased_names(spelled, candidates)
     keys = {
         name: matched_key(listed_as.get(name, name), tuple(shape), free_shapes)
         for name, shape in shapes.items()

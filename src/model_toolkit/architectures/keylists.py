@@ -64,9 +64,12 @@ def roots(name: str) -> frozenset[str]:
 
 def derived_index_name(spec: dict, raw: dict) -> str:
     """The index entry of a derived component's roots: they depend only on its base list and
-    its format's layer naming, so a LoRA, LoHa and LoKr of one base share one entry."""
+    its format's layer naming (and layer choice), so a LoRA, LoHa and LoKr of one base share
+    one entry."""
     base, form = spec["derive"]
-    return f"derived/{raw['components'][base]['keys']}/{raw['lora_formats'][form]['module']}"
+    naming = raw["lora_formats"][form]
+    layers = "".join(f"|{naming[k]}" for k in ("select", "strip") if k in naming)
+    return f"derived/{raw['components'][base]['keys']}/{naming['module']}{layers}"
 
 
 def derived_roots(spec: dict, raw: dict) -> frozenset[str]:

@@ -6,6 +6,7 @@ Nothing here knows a particular architecture: adding one is a key list and a lin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -151,12 +152,23 @@ class Registry:
     name_hints: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     # class -> the metadata key in which its files carry their own configuration (LTX-2).
     config_metadata: dict[str, str] = field(default_factory=dict)
+    # (whole name, as a regular expression; the name the lists have): names a file chooses
+    # itself, as cloneofsimo's LoRAs name a learned token's embedding by the token (`<s1>`).
+    name_patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
+
+    @property
+    def renames(self) -> bool:
+        """Whether any file name can be spelled otherwise in the lists."""
+        return bool(self.aliases or self.name_patterns)
 
     def canonical(self, name: str) -> str:
         """The name as the key lists spell it (the file's own name if no alias applies)."""
         for ending, listed in self.aliases:
             if name.endswith(ending):
                 return name[: -len(ending)] + listed
+        for pattern, listed in self.name_patterns:
+            if pattern.fullmatch(name):
+                return listed
         return name
 
     def classes_of(self, names: set[str]) -> dict[str, list[str]]:
@@ -226,6 +238,7 @@ def load_registry() -> Registry:
         tuple((ending, listed) for ending, listed in raw.get("aliases", [])),
         {cls: tuple((w, v) for w, v in pairs) for cls, pairs in raw.get("name_hints", {}).items()},
         dict(raw.get("config_metadata", {})),
+        tuple((re.compile(pattern), listed) for pattern, listed in raw.get("name_patterns", [])),
     )
 
 
