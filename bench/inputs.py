@@ -1,6 +1,6 @@
 """Builds the benchmark's input files (called by bench/run.py; run in its own process).
 
-    python bench/inputs.py --full|--quick KEY=PATH ...   (KEY: sd1_ckpt, sd1_st, sdxl_st)
+    python bench/inputs.py --full|--quick KEY=PATH ...   (KEY: sd1_ckpt, sd1_st, sdxl_st, wan_aio)
     python bench/inputs.py --metric-bytes PATH           (what the metric reads of a file)
     python bench/inputs.py --metric-pass PATH            (seconds of the metric's pass alone)
 
@@ -8,7 +8,9 @@ Real key names and shapes (the lists kept in tests/data/keys and the package's c
 random values: every tensor's bytes are a window of a 256 MiB file of normally distributed
 values, so the inputs are real bytes on disk (not sparse) and are written by our own streaming
 writer without holding a model in memory. `--quick` builds small inputs: a VAE-only SD-v1, and
-an SDXL with large dimensions divided by 16.
+an SDXL with large dimensions divided by 16. One input is only read for its header (`wan_aio`,
+a Wan 2.1 14B all-in-one file with its UMT5-XXL and VAE, 2,400+ tensors): its data is a hole
+(a sparse file), as identifying never reads it.
 """
 
 from __future__ import annotations
@@ -123,6 +125,38 @@ def metric_pass_seconds(path: str) -> float:
         return time.perf_counter() - start
 
 
+WAN_AIO = [
+    ("model.diffusion_model.", "Wan-v2.1-T2V-14B"),
+    ("text_encoders.umt5xxl.transformer.", "UMT5-XXL"),
+    ("vae.", "VAE-Wan2.1"),
+]
+
+
+def write_header_only(path: str, parts: list[tuple[str, str]]) -> None:
+    """A bf16 .safetensors with the parts' real names and shapes and no data written: the
+    header, then a hole as long as the tensors (what identification is measured on)."""
+    import json
+
+    header: dict[str, dict] = {}
+    offset = 0
+    for prefix, name in parts:
+        for key, shape in keylists.load(name):
+            nbytes = int(np.prod(shape)) * 2
+            header[prefix + key] = {
+                "dtype": "BF16",
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    temp = Path(path).with_suffix(".tmp")
+    with open(temp, "wb") as file:
+        file.write(len(raw).to_bytes(8, "little") + raw)
+        file.truncate(8 + len(raw) + offset)
+    temp.rename(path)
+
+
 def main() -> None:
     mode, *targets = sys.argv[1:]
     if mode == "--metric-bytes":
@@ -136,6 +170,9 @@ def main() -> None:
     plans = {"sd1_ckpt": sd1_plan, "sd1_st": sd1_plan, "sdxl_st": sdxl_plan}
     for target in targets:
         key, _, path = target.partition("=")
+        if key == "wan_aio":
+            write_header_only(path, WAN_AIO)
+            continue
         plan = plans[key](scale)
         print(f"building {path} ({plan.nbytes / 2**30:.2f} GiB)", flush=True)
         write_plan(plan, path)
