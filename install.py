@@ -25,12 +25,14 @@ REQUIREMENTS = {
     "ml_dtypes": "ml_dtypes>=0.4",
     "watchdog": "watchdog>=4",
     "blake3": "blake3>=0.4",
+    "gguf": "gguf>=0.19",
 }
 # What each one gives, for the line that says it is missing.
 PROVIDES = {
     "ml_dtypes": "no bf16 or fp8 (models in those precisions cannot be read or written)",
     "watchdog": "autoprune polls its folder instead of watching it",
     "blake3": "no BLAKE3 hash",
+    "gguf": "no GGUF files (.gguf models cannot be read or written)",
 }
 
 

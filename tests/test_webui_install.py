@@ -115,7 +115,7 @@ def test_install_py_keeps_the_host_as_it_was(tmp_path, host):
     after = freeze(python)
     changed = {name: (version, after.get(name)) for name, version in before.items()}
     assert {n: v for n, v in changed.items() if v[0] != v[1]} == {}  # nothing the host had
-    assert {"ml-dtypes", "watchdog", "blake3"} <= set(after)
+    assert {"ml-dtypes", "watchdog", "blake3", "gguf"} <= set(after)
     assert sorted(p.name for p in standin.iterdir()) == ["launch.py"]  # no `=0.4` files
     check = subprocess.run(
         [python, "-c", CHECK, str(ROOT / "src")], capture_output=True, text=True, timeout=300

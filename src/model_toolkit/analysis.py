@@ -120,9 +120,8 @@ def analyze(
             useless.append(name)
         if key in allowed or (keep_ema and name.startswith(EMA_PREFIX)):
             kept.append(name)
-            narrowed = target_dtype(ref.dtype, precision)
-            if narrowed.itemsize < ref.dtype.itemsize:
-                waste += ref.nbytes - ref.numel * narrowed.itemsize
+            saved = ref.nbytes - target_dtype(ref.dtype, precision).nbytes_for(ref.numel)
+            waste += max(saved, 0)
         elif name.startswith(EMA_PREFIX):
             ema.append(name)
             ema_size += ref.nbytes

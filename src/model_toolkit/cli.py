@@ -219,6 +219,10 @@ def _write(
 
     if not overwrite and any(output.resolve() == p.resolve() for p in inputs):
         raise ModelToolkitError(f"{output} is an input; use --overwrite to replace it")
+    if output.suffix.lower() == ".gguf":  # the diffusion model alone, typed as GGUF stores it
+        from .formats.gguf_writer import for_gguf
+
+        plan = for_gguf(plan)
     for warning in plan.warnings:
         echo(f"warning: {printable(warning)}", err=True)
     if not plan.entries:

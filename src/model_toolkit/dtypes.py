@@ -44,9 +44,25 @@ class DType:
     # As a precision: cast only floats wider than this, keep the others (`auto`). Not part of
     # the type's identity: F16 narrowing-only is F16.
     narrow_only: bool = field(default=False, compare=False)
+    # A block-quantized type (GGUF's Q8_0, Q4_K, ...): (elements, bytes) of one block, and its
+    # GGUF type number. Its values are float32 once decoded, so `itemsize` and `numpy` are
+    # float32's; what it takes on disk is `nbytes_for`.
+    block: tuple[int, int] | None = field(default=None, compare=False)
+    gguf_type: int | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def quantized(self) -> bool:
+        return self.block is not None
+
+    def nbytes_for(self, numel: int) -> int:
+        """The bytes `numel` values take in this type (whole blocks for a quantized type)."""
+        if self.block is None:
+            return numel * self.itemsize
+        elements, nbytes = self.block
+        return -(-numel // elements) * nbytes
 
     @cached_property
     def numpy(self) -> np.dtype:
@@ -87,6 +103,45 @@ DTYPES: dict[str, DType] = {
     )
 }
 
+
+def _quantized(name: str, gguf_type: int, elements: int, nbytes: int) -> DType:
+    return DType(name, 4, "float32", None, True, block=(elements, nbytes), gguf_type=gguf_type)
+
+
+# GGUF's block-quantized types (ggml.h; block sizes as gguf-py's GGML_QUANT_SIZES). Read and
+# decoded by the gguf package (quantized.py); only GGUF files hold them.
+QUANTIZED: dict[str, DType] = {
+    row.name: row
+    for row in (
+        _quantized("Q4_0", 2, 32, 18),
+        _quantized("Q4_1", 3, 32, 20),
+        _quantized("Q5_0", 6, 32, 22),
+        _quantized("Q5_1", 7, 32, 24),
+        _quantized("Q8_0", 8, 32, 34),
+        _quantized("Q8_1", 9, 32, 40),
+        _quantized("Q2_K", 10, 256, 84),
+        _quantized("Q3_K", 11, 256, 110),
+        _quantized("Q4_K", 12, 256, 144),
+        _quantized("Q5_K", 13, 256, 176),
+        _quantized("Q6_K", 14, 256, 210),
+        _quantized("Q8_K", 15, 256, 292),
+        _quantized("IQ2_XXS", 16, 256, 66),
+        _quantized("IQ2_XS", 17, 256, 74),
+        _quantized("IQ3_XXS", 18, 256, 98),
+        _quantized("IQ1_S", 19, 256, 50),
+        _quantized("IQ4_NL", 20, 32, 18),
+        _quantized("IQ3_S", 21, 256, 110),
+        _quantized("IQ2_S", 22, 256, 82),
+        _quantized("IQ4_XS", 23, 256, 136),
+        _quantized("IQ1_M", 29, 256, 56),
+        _quantized("TQ1_0", 34, 256, 54),
+        _quantized("TQ2_0", 35, 256, 66),
+        _quantized("MXFP4", 39, 32, 17),
+        _quantized("NVFP4", 40, 64, 36),
+        _quantized("Q1_0", 41, 128, 18),
+    )
+}
+
 BY_TORCH_NAME: dict[str, DType] = {d.torch_name: d for d in DTYPES.values()}
 BY_STORAGE: dict[str, DType] = {d.storage: d for d in DTYPES.values() if d.storage}
 # torch's complex128 has a storage class but safetensors has no name for it: readable, not writable.
@@ -114,6 +169,12 @@ PRECISIONS: dict[str, str | None] = {
     "bf16": "BF16",
     "fp8_e4m3fn": "F8_E4M3",
     "fp8_e5m2": "F8_E5M2",
+    # GGUF only (.gguf outputs): what the gguf package quantizes in numpy
+    "Q8_0": "Q8_0",
+    "Q5_1": "Q5_1",
+    "Q5_0": "Q5_0",
+    "Q4_1": "Q4_1",
+    "Q4_0": "Q4_0",
 }
 
 
@@ -125,7 +186,7 @@ def precision_dtype(precision: str) -> DType | None:
     if precision == "auto":
         return AUTO
     name = PRECISIONS[precision]
-    return DTYPES[name] if name else None
+    return (DTYPES.get(name) or QUANTIZED[name]) if name else None
 
 
 def float_bytes(tensors: Iterable[Any]) -> dict[DType, int]:
@@ -156,8 +217,10 @@ def target_dtype(source: DType, precision: DType | None) -> DType:
     under a narrowing-only precision (`auto`), floats no wider than it are kept too."""
     if precision is None or not source.is_float:
         return source
-    if precision.narrow_only and source.itemsize <= precision.itemsize:
-        return source
+    if precision.narrow_only and (
+        source.itemsize <= precision.itemsize or source.nbytes_for(64) <= precision.nbytes_for(64)
+    ):
+        return source  # (a block-quantized type is narrower than any 16-bit float)
     return precision
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .casting import cast
 from .dtypes import DType
+from .errors import UsageError
 from .model import DEFAULT_CHUNK_BYTES, TensorRef
 from .storage import Chunk
 
@@ -46,7 +47,7 @@ class PlanEntry:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+        return self.dtype.nbytes_for(self.numel)
 
     def renamed(self, name: str) -> PlanEntry:
         return PlanEntry(name, self.reads, self.dtype, self.transform)
@@ -122,3 +123,14 @@ class Plan:
     def tensors(self) -> dict[str, PlanEntry]:
         """The entries by name, as a ModelFile's tensors (see model.Source)."""
         return {entry.name: entry for entry in self.entries}
+
+
+def refuse_quantized(plan: Plan, format_name: str) -> None:
+    """A block-quantized tensor (Q8_0, Q4_K...) only exists in GGUF: other formats refuse it
+    with what to do instead."""
+    for entry in plan.entries:
+        if entry.dtype.quantized:
+            raise UsageError(
+                f"{format_name} cannot store {entry.dtype.name} (tensor {entry.name!r}): "
+                "write a .gguf, or choose --precision bf16, fp16 or fp32"
+            )

@@ -53,6 +53,9 @@ def basic_report(
 ) -> str:
     metric = findings.metric.string if findings.metric else "----/----/----"
     lines = [f"Report ({metric})", ""]
+    stored = storage_text(analysis)
+    if stored:
+        lines += [stored, ""]
     detection = analysis.detection
     if not detection.resolved:
         lines.append("Model type could not be identified.")
@@ -176,6 +179,28 @@ def advanced_report(analysis: Analysis, findings: Findings, full: bool = False) 
     return "\n".join(lines) + "\n"
 
 
+def storage_types(analysis: Analysis) -> dict[str, dict[str, int]]:
+    """Tensors and bytes per stored type, largest first: a quantized file's make-up."""
+    types: dict[str, dict[str, int]] = {}
+    for ref in analysis.tensors.values():
+        row = types.setdefault(ref.dtype.name, {"tensors": 0, "bytes": 0})
+        row["tensors"] += 1
+        row["bytes"] += ref.nbytes
+    return dict(sorted(types.items(), key=lambda item: -item[1]["bytes"]))
+
+
+def storage_text(analysis: Analysis) -> str:
+    """`Stored as Q4_K: 812 tensors, 6.10 GB; F32: 304 tensors, 40.00 MB.`, for GGUF files and
+    others with block-quantized tensors."""
+    if analysis.format != "gguf" and not any(t.dtype.quantized for t in analysis.tensors.values()):
+        return ""
+    parts = [
+        f"{name}: {row['tensors']} tensors, {size_text(row['bytes'])}"
+        for name, row in storage_types(analysis).items()
+    ]
+    return f"Stored as {'; '.join(parts)}." if parts else ""
+
+
 def lora_text(analysis: Analysis, findings: Findings) -> str:
     """`LoRA for SD-XL: rank 16, alpha 8.` (alpha only when tensor values were read)."""
     arch = analysis.architecture
@@ -227,6 +252,7 @@ def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
         ],
         "unknown_keys": analysis.unknown_keys,
         "sizes": analysis.sizes.as_dict(),
+        "storage": storage_types(analysis),
         "metric": findings.metric.as_dict() if findings.metric else None,
         "known": findings.known or [],
         "hints": [hint.as_dict() for hint in findings.hints or []],

@@ -59,7 +59,8 @@ def check_output(output: Path, overwrite: bool) -> None:
     """Refuse, before any work, an output that cannot or must not be written."""
     if output.suffix.lower() not in WRITERS:
         raise UsageError(
-            f"cannot tell the format of {output.name}: use .safetensors, .ckpt, .pt, .pth or .bin"
+            f"cannot tell the format of {output.name}: "
+            "use .safetensors, .gguf, .ckpt, .pt, .pth or .bin"
         )
     if output.is_dir():
         raise UsageError(f"{output} is a directory")

@@ -155,6 +155,11 @@ class Registry:
     # (whole name, as a regular expression; the name the lists have): names a file chooses
     # itself, as cloneofsimo's LoRAs name a learned token's embedding by the token (`<s1>`).
     name_patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
+    # GGUF (ComfyUI-GGUF's conventions): class -> general.architecture; that -> the name
+    # parts kept in F32; the architectures reshaped to rows of 256.
+    gguf_arch: dict[str, str] = field(default_factory=dict)
+    gguf_high_precision: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    gguf_reshape: frozenset[str] = frozenset()
 
     @property
     def renames(self) -> bool:
@@ -239,6 +244,9 @@ def load_registry() -> Registry:
         {cls: tuple((w, v) for w, v in pairs) for cls, pairs in raw.get("name_hints", {}).items()},
         dict(raw.get("config_metadata", {})),
         tuple((re.compile(pattern), listed) for pattern, listed in raw.get("name_patterns", [])),
+        dict(raw.get("gguf", {}).get("architectures", {})),
+        {a: tuple(k) for a, k in raw.get("gguf", {}).get("high_precision", {}).items()},
+        frozenset(raw.get("gguf", {}).get("reshape", [])),
     )
 
 

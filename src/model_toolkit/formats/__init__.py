@@ -8,11 +8,15 @@ from pathlib import Path
 from ..errors import FormatError
 from ..model import ModelFile
 from ..storage import FileData
-from . import safetensors, sniff, torch_legacy, torch_zip
+from . import gguf, gguf_writer, safetensors, sniff, torch_legacy, torch_zip
 
 # Extensions that name a torch checkpoint when writing; reading looks at the bytes, not the name.
 TORCH_EXTENSIONS = {".ckpt", ".pt", ".pth", ".bin"}
-WRITERS = {".safetensors": safetensors.write, **dict.fromkeys(TORCH_EXTENSIONS, torch_zip.write)}
+WRITERS = {
+    ".safetensors": safetensors.write,
+    ".gguf": gguf_writer.write,
+    **dict.fromkeys(TORCH_EXTENSIONS, torch_zip.write),
+}
 
 
 def open_model(path: str | os.PathLike[str]) -> ModelFile:
@@ -30,6 +34,15 @@ def open_model(path: str | os.PathLike[str]) -> ModelFile:
             raise FormatError(f"{path.name} is empty")
         prefix = data.pread(min(data.size, 512), 0)
         kinds = sniff.formats_of(prefix, data.size)
+        if gguf.looks_like(prefix):
+            # Its magic is also a pickle opcode: only a whole pickle, or a zip (torch.load
+            # would unpickle its data.pkl), makes it a second format.
+            other = [
+                k for k in kinds if k != sniff.PICKLE or sniff.scan_pickles(k, data, path.name)
+            ]
+            if other:
+                sniff.refuse_polyglot([sniff.GGUF, *other], data, path.name)
+            return gguf.read(path, data)
         if len(kinds) > 1:
             sniff.refuse_polyglot(kinds, data, path.name)
         kind = kinds[0] if kinds else None
@@ -55,7 +68,7 @@ def open_model(path: str | os.PathLike[str]) -> ModelFile:
             )
         if path.suffix.lower() == ".safetensors":
             return safetensors.read(path, data)  # for its precise error message
-        raise FormatError(f"{path.name} is not a safetensors or torch checkpoint file")
+        raise FormatError(f"{path.name} is not a safetensors, GGUF or torch checkpoint file")
     except BaseException:
         data.close()
         raise

@@ -149,6 +149,9 @@ def metadata_as_strings(metadata: dict[str, Any]) -> dict[str, str]:
 def header_bytes(plan: Plan) -> bytes:
     """The length prefix and JSON header for a plan, padded so the data starts aligned."""
     header: dict[str, Any] = {}
+    from ..plan import refuse_quantized
+
+    refuse_quantized(plan, "safetensors")
     for entry in plan.entries:
         if entry.dtype.name not in DTYPES:  # complex128: readable from checkpoints only
             raise UsageError(

@@ -23,7 +23,9 @@ from . import pickle_scan, safetensors, torch_zip, unpickler
 from .torch_common import MAX_PICKLE_BYTES
 
 SAFETENSORS, ZIP, TAR, PICKLE = "safetensors", "zip", "tar", "pickle"
+GGUF = "gguf"  # told by its magic alone (formats/gguf.py); listed here for polyglots
 _DESCRIPTION = {
+    GGUF: "a GGUF file",
     SAFETENSORS: "a safetensors file",
     ZIP: "a zip archive",
     TAR: "a tar archive",

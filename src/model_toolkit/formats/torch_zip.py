@@ -233,6 +233,9 @@ def write(
     names = [entry.name for entry in plan.entries]
     if len(set(names)) != len(names):
         raise FormatError("the plan has duplicate tensor names")
+    from ..plan import refuse_quantized
+
+    refuse_quantized(plan, "a torch checkpoint")
     archive_name = "archive"
     data_pkl = pickle_writer.checkpoint(plan)
     fingerprint = hashlib.sha1(data_pkl).hexdigest()
