@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import struct
 import zipfile
 
@@ -37,8 +38,10 @@ def test_zero_length(tmp_path):
 
 def test_random_bytes(tmp_path):
     path = tmp_path / "noise.ckpt"
-    path.write_bytes(os.urandom(4096))
-    refuse(path, "not a safetensors or torch checkpoint")
+    noise = bytearray(random.Random(0).randbytes(4096))
+    noise[0] = 0x17  # not a pickle's first opcode (0x80), nor a GGUF's magic: noise alone
+    path.write_bytes(bytes(noise))
+    refuse(path, "not a safetensors, GGUF or torch checkpoint")
 
 
 def test_directory_and_missing_path(tmp_path):

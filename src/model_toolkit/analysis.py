@@ -16,6 +16,7 @@ from .architectures.locate import POSITION_IDS
 from .architectures.registry import Key, Registry, load_registry
 from .dtypes import DTYPES, DType, auto_precision, float_bytes, target_dtype
 from .model import Source, Tensor
+from .quantization import QuantView, fill_open_shapes, quant_view
 
 EMA_PREFIX = "model_ema."
 
@@ -55,6 +56,7 @@ class Analysis:
     keep_ema: bool
     precision: DType | None
     lora_ranks: list[int] = field(default_factory=list)  # the free (rank) sizes of a LoRA
+    quant: QuantView | None = None  # quantized layers: companions, markers, formats
     # class -> (prefix found, prefix the architecture's files use): a part in another slot
     # (a Flux VAE under first_stage_model.), which loaders do not find there; prune moves it.
     misplaced: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -95,7 +97,13 @@ def analyze(
     tensors = dict(model.tensors)
     path, file_format = model.origin, model.format
     shapes = {name: ref.shape for name, ref in tensors.items()}
-    detection = detect(shapes, registry)
+    dtypes = {name: ref.dtype.name for name, ref in tensors.items()}
+    quant = quant_view(shapes, dtypes, model.metadata, registry)
+    if quant.quantized:  # companions set aside, weights in their layers' shapes
+        detection = detect(fill_open_shapes(quant.shapes, registry), registry)
+        quant.restore(detection, shapes)
+    else:
+        detection = detect(shapes, registry)
     if precision is not None and precision.narrow_only:  # `auto`: this model's 16-bit type
         arch = registry.architectures.get(detection.resolved or "")
         precision = auto_precision(float_bytes(tensors.values()), arch.precision if arch else "F16")
@@ -109,6 +117,10 @@ def analyze(
                 arch, {c: [m] for c, m in detection.components.items()}, registry
             )
 
+    if quant.quantized:  # a companion goes where its weight goes
+        allowed |= quant.companion_keys(detection, allowed)
+        known |= quant.companion_keys(detection, known)
+
     kept, junk, ema, unknown, useless = [], [], [], [], []
     total = junk_size = ema_size = waste = 0
     for name, ref in tensors.items():
@@ -120,8 +132,9 @@ def analyze(
             useless.append(name)
         if key in allowed or (keep_ema and name.startswith(EMA_PREFIX)):
             kept.append(name)
-            saved = ref.nbytes - target_dtype(ref.dtype, precision).nbytes_for(ref.numel)
-            waste += max(saved, 0)
+            if not quant.keeps_dtype(name):
+                saved = ref.nbytes - target_dtype(ref.dtype, precision).nbytes_for(ref.numel)
+                waste += max(saved, 0)
         elif name.startswith(EMA_PREFIX):
             ema.append(name)
             ema_size += ref.nbytes
@@ -152,8 +165,8 @@ def analyze(
         {
             size
             for name in kept
-            for size, spec in zip(shapes[name], detection.keys[name][1], strict=True)
-            if spec == -1
+            for size, spec in zip(shapes[name], detection.keys[name][1], strict=False)
+            if spec == -1 and len(shapes[name]) == len(detection.keys[name][1])
         }
     )
     return Analysis(
@@ -172,6 +185,7 @@ def analyze(
         keep_ema,
         precision,
         ranks,
+        quant if quant.quantized else None,
         misplaced,
     )
 

@@ -36,6 +36,9 @@ class PlanEntry:
     reads: TensorRef  # the file (or memory) tensor whose values it writes
     dtype: DType
     transform: Transform | None = None
+    # Never cast: a quantized weight's companion (its fp32 scale, its format's JSON bytes),
+    # which in any other dtype is another scale.
+    fixed: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -50,11 +53,12 @@ class PlanEntry:
         return self.dtype.nbytes_for(self.numel)
 
     def renamed(self, name: str) -> PlanEntry:
-        return PlanEntry(name, self.reads, self.dtype, self.transform)
+        return PlanEntry(name, self.reads, self.dtype, self.transform, self.fixed)
 
     def cast_to(self, dtype: DType) -> PlanEntry:
-        """The same values in another dtype; a cast already planned is kept, then this one."""
-        if dtype == self.dtype:
+        """The same values in another dtype; a cast already planned is kept, then this one.
+        A `fixed` entry stays as it is."""
+        if dtype == self.dtype or self.fixed:
             return self
         if self.is_copy:
             return PlanEntry(self.name, self.reads, dtype)

@@ -192,13 +192,18 @@ def storage_types(analysis: Analysis) -> dict[str, dict[str, int]]:
 def storage_text(analysis: Analysis) -> str:
     """`Stored as Q4_K: 812 tensors, 6.10 GB; F32: 304 tensors, 40.00 MB.`, for GGUF files and
     others with block-quantized tensors."""
-    if analysis.format != "gguf" and not any(t.dtype.quantized for t in analysis.tensors.values()):
+    quantized = any(t.dtype.quantized for t in analysis.tensors.values())
+    if analysis.format != "gguf" and not quantized and analysis.quant is None:
         return ""
     parts = [
         f"{name}: {row['tensors']} tensors, {size_text(row['bytes'])}"
         for name, row in storage_types(analysis).items()
     ]
-    return f"Stored as {'; '.join(parts)}." if parts else ""
+    text = f"Stored as {'; '.join(parts)}." if parts else ""
+    if analysis.quant is not None:
+        layers = "; ".join(f"{form}: {n}" for form, n in analysis.quant.formats().items())
+        text += f" Quantized layers: {layers}."
+    return text.strip()
 
 
 def lora_text(analysis: Analysis, findings: Findings) -> str:
@@ -253,6 +258,7 @@ def as_json(analysis: Analysis, findings: Findings) -> dict[str, Any]:
         "unknown_keys": analysis.unknown_keys,
         "sizes": analysis.sizes.as_dict(),
         "storage": storage_types(analysis),
+        "quantized_layers": analysis.quant.formats() if analysis.quant else {},
         "metric": findings.metric.as_dict() if findings.metric else None,
         "known": findings.known or [],
         "hints": [hint.as_dict() for hint in findings.hints or []],

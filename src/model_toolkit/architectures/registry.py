@@ -160,6 +160,9 @@ class Registry:
     gguf_arch: dict[str, str] = field(default_factory=dict)
     gguf_high_precision: dict[str, tuple[str, ...]] = field(default_factory=dict)
     gguf_reshape: frozenset[str] = frozenset()
+    # Quantized layers in safetensors files: companions, markers, weight spellings
+    # (quantization.py).
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     @property
     def renames(self) -> bool:
@@ -247,6 +250,7 @@ def load_registry() -> Registry:
         dict(raw.get("gguf", {}).get("architectures", {})),
         {a: tuple(k) for a, k in raw.get("gguf", {}).get("high_precision", {}).items()},
         frozenset(raw.get("gguf", {}).get("reshape", [])),
+        dict(raw.get("quantization", {})),
     )
 
 

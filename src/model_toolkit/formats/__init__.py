@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import FormatError
 from ..model import ModelFile
 from ..storage import FileData
-from . import gguf, gguf_writer, safetensors, sniff, torch_legacy, torch_zip
+from . import gguf, safetensors, sniff, torch_legacy, torch_zip
 
 # Extensions that name a torch checkpoint when writing; reading looks at the bytes, not the name.
 TORCH_EXTENSIONS = {".ckpt", ".pt", ".pth", ".bin"}
+
+
+def _write_gguf(*args: Any, **kwargs: Any) -> None:
+    """The GGUF writer, imported when used: it needs numpy and the plans (identifying a file
+    imports neither)."""
+    from . import gguf_writer
+
+    gguf_writer.write(*args, **kwargs)
+
+
 WRITERS = {
     ".safetensors": safetensors.write,
-    ".gguf": gguf_writer.write,
+    ".gguf": _write_gguf,
     **dict.fromkeys(TORCH_EXTENSIONS, torch_zip.write),
 }
 

@@ -11,10 +11,12 @@ from ..model import Source
 from ..plan import Plan
 from .common import (
     component_entries,
+    dequantized_pairs,
     entries_of,
     record,
     slot_prefix,
     source_name,
+    with_companions,
 )
 
 
@@ -50,7 +52,9 @@ def build(
         analysis = analyze(source)
         found = find_component(analysis.detection, cls, component, name)
         prefix = slot_prefix(arch, cls, found.output_component)
-        for key, entry in component_entries(found, analysis, entries_of(source)):
+        entries = entries_of(source, analysis)
+        pairs = with_companions(component_entries(found, analysis, entries), analysis, entries)
+        for key, entry in dequantized_pairs(pairs, analysis, precision):
             planned.append(
                 entry.renamed(prefix + key).cast_to(target_dtype(entry.dtype, precision))
             )

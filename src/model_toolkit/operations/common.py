@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from ..analysis import Analysis
 from ..architectures.locate import Found, component_names
 from ..architectures.registry import Architecture, Component, load_registry
 from ..dtypes import DTYPES, PRECISIONS, DType, target_dtype
-from ..model import Source, TensorRef
+from ..errors import UsageError
+from ..model import Source, TensorRef, read_all
 from ..plan import PlanEntry
 from ..version import __version__
 
@@ -27,9 +29,99 @@ def source_name(source: Source) -> str:
     return Path(source.origin).name if source.origin else "the model"
 
 
-def entries_of(source: Source) -> dict[str, PlanEntry]:
-    """Every tensor of a source as a plan entry, by name (a file's entries copy its tensors)."""
-    return {entry.name: entry for entry in source.entries}
+def entries_of(source: Source, analysis: Analysis | None = None) -> dict[str, PlanEntry]:
+    """Every tensor of a source as a plan entry, by name (a file's entries copy its tensors);
+    with its analysis, the companions of quantized weights are `fixed` (never cast)."""
+    entries = {entry.name: entry for entry in source.entries}
+    quant = analysis.quant if analysis is not None else None
+    if quant is not None:
+        for name in [*quant.companions, *quant.markers]:
+            entry = entries[name]
+            entries[name] = PlanEntry(entry.name, entry.reads, entry.dtype, entry.transform, True)
+    return entries
+
+
+def with_companions(
+    pairs: list[tuple[str, PlanEntry]], analysis: Analysis, entries: dict[str, PlanEntry]
+) -> list[tuple[str, PlanEntry]]:
+    """(key, entry) pairs and, after each quantized weight, its companions under the names
+    its key gives them (`x.weight` as `y.weight`: `x.scale_weight` as `y.scale_weight`), and
+    the marker (`scaled_fp8`) renamed as the weights' prefix is."""
+    quant = analysis.quant
+    if quant is None:
+        return pairs
+    owned: dict[str, list[str]] = {}
+    for companion, weight in quant.companions.items():
+        owned.setdefault(weight, []).append(companion)
+    result: list[tuple[str, PlanEntry]] = []
+    source_prefix: str | None = None
+    for key, entry in pairs:
+        result.append((key, entry))
+        source = entry.name
+        if source not in quant.layers:
+            continue
+        stem = source.rpartition(".")[0]
+        tail = source[len(stem) :]  # ".weight" (".qweight")
+        out_stem = key[: -len(tail)] if key.endswith(tail) else key
+        for companion in owned.get(source, ()):
+            result.append((out_stem + companion[len(stem) :], entries[companion]))
+        if source_prefix is None and source.endswith(key):
+            source_prefix = source[: len(source) - len(key)]
+    for marker in quant.markers:
+        if source_prefix is not None and marker.startswith(source_prefix):
+            result.append((marker[len(source_prefix) :], entries[marker]))
+    return result
+
+
+def dequantized(
+    entries: list[PlanEntry], analysis: Analysis, precision: DType | None
+) -> list[PlanEntry]:
+    """Under an explicit float precision (not `keep`, not `auto`), fp8 weights with one scale
+    each become their values (`w.float() * scale`, then cast as torch casts), and their
+    companions and marker go: what ComfyUI computes when it loads them. Other quantized
+    formats cannot be converted here: refused in one line."""
+    quant = analysis.quant
+    if quant is None or precision is None or precision.narrow_only:
+        return entries
+    scales = {
+        weight: companion
+        for companion, weight in quant.companions.items()
+        if companion.endswith((".scale_weight", ".weight_scale"))
+    }
+    planned = []
+    for entry in entries:
+        source = entry.name
+        if source in quant.companions or source in quant.markers:
+            continue
+        form = quant.layers.get(source)
+        if form is None:
+            planned.append(entry)
+            continue
+        scale_ref = analysis.tensors.get(scales.get(source, ""))
+        if not form.startswith("fp8") or scale_ref is None or scale_ref.numel != 1:
+            raise UsageError(
+                f"{source_name_of(analysis)}: {form} layers ({source}) cannot be converted to "
+                f"{precision.name}; keep their precision (--precision keep)"
+            )
+        scale = float(read_all(scale_ref).reshape(-1)[0])
+        planned.append(PlanEntry(entry.name, entry.reads, precision, partial(_scaled, scale)))
+    return planned
+
+
+def dequantized_pairs(
+    pairs: list[tuple[str, PlanEntry]], analysis: Analysis, precision: DType | None
+) -> list[tuple[str, PlanEntry]]:
+    """`dequantized` for (key, entry) pairs: the pairs whose entries remain, entries replaced."""
+    remaining = {e.name: e for e in dequantized([e for _, e in pairs], analysis, precision)}
+    return [(key, remaining[e.name]) for key, e in pairs if e.name in remaining]
+
+
+def _scaled(scale: float, chunk: np.ndarray, start: int) -> np.ndarray:
+    return chunk.astype(np.float32) * np.float32(scale)
+
+
+def source_name_of(analysis: Analysis) -> str:
+    return Path(analysis.path).name if analysis.path else "the model"
 
 
 def component_entries(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from ..analysis import analyze
 from ..dtypes import DType, target_dtype
 from ..model import Source
 from ..plan import Plan
-from .common import entries_of
+from .common import dequantized, entries_of
 
 
 def convert(source: Source, precision: DType | None = None) -> Plan:
-    """The whole model, in file order; integer tensors (position ids, step counters) untouched."""
-    entries = [
-        entry.cast_to(target_dtype(entry.dtype, precision)) for entry in entries_of(source).values()
-    ]
-    return Plan(entries, dict(source.metadata), source.origin)
+    """The whole model, in file order; integer tensors (position ids, step counters) untouched.
+    Quantized layers keep their companions (scales) as they are; an explicit float precision
+    dequantizes fp8-scaled weights (and drops the scales and marker)."""
+    analysis = analyze(source, None)
+    entries = dequantized(list(entries_of(source, analysis).values()), analysis, precision)
+    planned = [entry.cast_to(target_dtype(entry.dtype, precision)) for entry in entries]
+    return Plan(planned, dict(source.metadata), source.origin)

@@ -10,12 +10,14 @@ from ..model import Source
 from ..plan import Plan
 from .common import (
     component_entries,
+    dequantized_pairs,
     entries_of,
     finish,
     precision_name,
     record,
     source_name,
     standalone_entries,
+    with_companions,
 )
 
 
@@ -32,8 +34,9 @@ def extract(
     analysis = analyze(source, precision)
     precision = analysis.precision  # `auto` resolved for this model
     found = find_component(analysis.detection, cls, component, name)
-    entries = entries_of(source)
+    entries = entries_of(source, analysis)
     pairs = standalone_entries(found, component_entries(found, analysis, entries))
+    pairs = dequantized_pairs(with_companions(pairs, analysis, entries), analysis, precision)
     planned = [
         finish(entry, key, precision, key.endswith(POSITION_IDS), fix_clip) for key, entry in pairs
     ]

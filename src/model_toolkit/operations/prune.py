@@ -9,7 +9,7 @@ from ..dtypes import AUTO, DType
 from ..errors import UsageError
 from ..model import Source
 from ..plan import Plan
-from .common import entries_of, finish, precision_name, record, source_name
+from .common import dequantized, entries_of, finish, precision_name, record, source_name
 
 
 def prune(
@@ -60,14 +60,18 @@ def prune(
                 for n, key in analysis.detection.keys.items()
                 if key in dropped or (parent != "." and n.startswith(parent))
             }
-    entries = entries_of(source)
+    entries = entries_of(source, analysis)
     position_ids = set(analysis.position_ids)
+    chosen = dequantized([e for n, e in entries.items() if n in kept], analysis, analysis.precision)
     planned = [
         finish(
-            entry, analysis.renamed_keys.get(n, n), analysis.precision, n in position_ids, fix_clip
+            entry,
+            analysis.renamed_keys.get(entry.name, entry.name),
+            analysis.precision,
+            entry.name in position_ids,
+            fix_clip,
         )
-        for n, entry in entries.items()
-        if n in kept
+        for entry in chosen
     ]
     operation = {
         "op": "prune",

@@ -15,6 +15,7 @@ from .common import (
     record,
     slot_prefix,
     source_name,
+    with_companions,
 )
 
 
@@ -48,22 +49,25 @@ def replace(
     for spec in registry.components.values():
         if spec.cls == cls:
             old |= spec.keyset(arch.prefixed)
-    target_entries = entries_of(target)
-    kept = [
-        entry
-        for name, entry in target_entries.items()
-        if target_analysis.detection.keys[name] not in old
-    ]
-    old_entries = [
-        entry
-        for name, entry in target_entries.items()
-        if target_analysis.detection.keys[name] in old
-    ]
+    target_entries = entries_of(target, target_analysis)
+    keys = target_analysis.detection.keys
+    # A removed weight's companions (its scales) go with it.
+    owner = target_analysis.quant.companions if target_analysis.quant else {}
+    removed = {name for name in target_entries if keys[name] in old}
+    removed |= {c for c, weight in owner.items() if weight in removed}
+    if target_analysis.quant is not None:  # a marker with no quantized weight left under it
+        left = [w for w in target_analysis.quant.layers if w not in removed]
+        for marker in target_analysis.quant.markers:
+            prefix = marker.rpartition(".")[0]
+            if not any(not prefix or w.startswith(prefix + ".") for w in left):
+                removed.add(marker)
+    kept = [entry for name, entry in target_entries.items() if name not in removed]
+    old_entries = [entry for name, entry in target_entries.items() if name in removed]
     prefix = slot_prefix(arch, cls, incoming)
-    added = [
-        entry.renamed(prefix + key)
-        for key, entry in component_entries(found, donor_analysis, entries_of(donor))
-    ]
+    donor_entries = entries_of(donor, donor_analysis)
+    pairs = component_entries(found, donor_analysis, donor_entries)
+    pairs = with_companions(pairs, donor_analysis, donor_entries)
+    added = [entry.renamed(prefix + key) for key, entry in pairs]
     if precision is None:
         # Unless asked, the new part follows the model it goes into: an fp32 VAE put into an
         # fp16 model comes out fp16, as the part it replaces was.
