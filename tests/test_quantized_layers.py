@@ -196,3 +196,36 @@ def test_a_bitsandbytes_nf4_flux_is_found_by_its_names(tmp_path):
         analysis = mtk.analyze(model)
     assert analysis.architecture == "Flux-v1" and not analysis.unknown_keys
     assert set(analysis.quant.formats()) == {"bitsandbytes nf4"}
+
+
+def test_writing_fp8_scaled_chooses_amax_over_448_as_comfyui_does(tmp_path):
+    q = "model.layers.0.self_attn.q_proj.weight"
+    rng = torch.Generator().manual_seed(1)
+    values = (torch.randn((2048, 1024), generator=rng) * 0.02).to(torch.bfloat16)
+    fill = {q: (values.view(torch.uint16).numpy(), "BF16")}
+    qwen3 = keylists.load("Qwen3-0.6B")  # Anima's text encoder: small enough to write whole
+    path = write_sparse_safetensors(tmp_path / "qwen3.safetensors", qwen3, "BF16", fill=fill)
+    result = run_mtk(
+        "convert",
+        path,
+        tmp_path / "qwen3_fp8_scaled.safetensors",
+        "--precision",
+        "fp8_e4m3fn_scaled",
+    )
+    assert result.returncode == 0, result.stderr
+    ours = load_file(str(tmp_path / "qwen3_fp8_scaled.safetensors"))
+    scale = ours[q.replace(".weight", ".scale_weight")]
+    assert scale.dtype == torch.float32 and scale.shape == ()
+    amax = values.float().abs().max()
+    assert torch.equal(scale, amax / torch.tensor(448.0))
+    assert torch.equal(
+        ours[q].view(torch.uint8),
+        (values.float() / scale).to(torch.float8_e4m3fn).view(torch.uint8),
+    )
+    assert ours["scaled_fp8"].dtype == torch.float8_e4m3fn and ours["scaled_fp8"].numel() == 0
+    assert sum(n.endswith(".scale_weight") for n in ours) == 28 * 7
+    assert ours["model.embed_tokens.weight"].dtype == torch.bfloat16  # the embedding stays 16-bit
+    # ... and it reads back as what ComfyUI makes of it: the same model, fp8-scaled
+    again = run_mtk("inspect", tmp_path / "qwen3_fp8_scaled.safetensors", "--no-metric", check=True)
+    assert "Quantized layers: fp8 e4m3fn, scaled: 196." in again.stdout
+    assert "Model type identified as Qwen3-0.6B." in again.stdout

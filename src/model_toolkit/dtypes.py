@@ -49,6 +49,8 @@ class DType:
     # float32's; what it takes on disk is `nbytes_for`.
     block: tuple[int, int] | None = field(default=None, compare=False)
     gguf_type: int | None = field(default=None, compare=False)
+    # As a precision: fp8 with a float32 scale per Linear weight (ComfyUI's fp8_scaled).
+    scaled: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return self.name
@@ -169,6 +171,8 @@ PRECISIONS: dict[str, str | None] = {
     "bf16": "BF16",
     "fp8_e4m3fn": "F8_E4M3",
     "fp8_e5m2": "F8_E5M2",
+    # fp8 e4m3fn with a scale per Linear weight, as ComfyUI's fp8_scaled files
+    "fp8_e4m3fn_scaled": "F8_E4M3",
     # GGUF only (.gguf outputs): what the gguf package quantizes in numpy
     "Q8_0": "Q8_0",
     "Q5_1": "Q5_1",
@@ -186,6 +190,8 @@ def precision_dtype(precision: str) -> DType | None:
     if precision == "auto":
         return AUTO
     name = PRECISIONS[precision]
+    if precision.endswith("_scaled"):
+        return replace(DTYPES["F8_E4M3"], scaled=True)
     return (DTYPES.get(name) or QUANTIZED[name]) if name else None
 
 

@@ -16,9 +16,9 @@ import numpy as np
 from ..analysis import Analysis
 from ..architectures.locate import Found, component_names
 from ..architectures.registry import Architecture, Component, load_registry
-from ..dtypes import DTYPES, PRECISIONS, DType, target_dtype
+from ..dtypes import DTYPES, PRECISIONS, DType, auto_precision, float_bytes, target_dtype
 from ..errors import UsageError
-from ..model import Source, TensorRef, read_all
+from ..model import Source, TensorRef, read_all, values
 from ..plan import PlanEntry
 from ..version import __version__
 
@@ -116,6 +116,64 @@ def dequantized_pairs(
     return [(key, remaining[e.name]) for key, e in pairs if e.name in remaining]
 
 
+FP8_MAX = 448.0  # float8 e4m3fn's largest value
+
+
+def scaled_to_fp8(entries: list[PlanEntry], analysis: Analysis) -> tuple[list[PlanEntry], bool]:
+    """ComfyUI's fp8_scaled: each Linear weight (a 2-D `.weight` of the diffusion model, or of
+    a component file; embeddings and the like in registry `quantization.unscaled` excepted)
+    divided by its scale, amax / 448 in float32, and stored as fp8 e4m3fn with the scale beside
+    it (`.scale_weight`), the marker `scaled_fp8` (an empty fp8 tensor) at its prefix; every
+    other float in the model's 16-bit type. Finding amax reads each weight once before the
+    write (two passes, one chunk at a time). Whether any weight was scaled."""
+    registry = load_registry()
+    skip = tuple(registry.quantization.get("unscaled", ()))
+    arch = registry.architectures.get(analysis.architecture or "")
+    prefix = "model.diffusion_model." if arch is not None and arch.prefixed else ""
+    other = auto_precision(
+        float_bytes(analysis.tensors.values()), arch.precision if arch else "F16"
+    )
+    fp8 = DTYPES["F8_E4M3"]
+    planned: list[PlanEntry] = []
+    scaled = False
+    for entry in entries:
+        name = entry.name
+        linear = (
+            name.startswith(prefix)
+            and name.endswith(".weight")
+            and len(entry.shape) == 2
+            and entry.numel > 1024
+            and entry.reads.dtype.is_float
+            and not any(part in name for part in skip)
+        )
+        if not linear:
+            planned.append(entry.cast_to(target_dtype(entry.reads.dtype, other)))
+            continue
+        floats = PlanEntry(name, entry.reads, DTYPES["F32"], entry.transform)
+        amax = np.float32(0)
+        for chunk in values(floats):
+            with np.errstate(invalid="ignore"):
+                amax = max(amax, np.float32(np.nanmax(np.abs(chunk)) if len(chunk) else 0))
+        scale = np.float32(amax) / np.float32(FP8_MAX) if np.isfinite(amax) and amax > 0 else 1
+        scale = np.float32(scale)
+        planned.append(PlanEntry(name, entry.reads, fp8, partial(_divided, float(scale), floats)))
+        stem = name[: -len(".weight")]
+        ref = TensorRef.from_array(
+            stem + ".scale_weight", np.array(scale, np.float32), DTYPES["F32"]
+        )
+        planned.append(PlanEntry(ref.name, ref, DTYPES["F32"], fixed=True))
+        scaled = True
+    if scaled:
+        marker = TensorRef.zeros(prefix + "scaled_fp8", (0,), fp8)
+        planned.append(PlanEntry(marker.name, marker, fp8, fixed=True))
+    return planned, scaled
+
+
+def _divided(scale: float, floats: PlanEntry, chunk: np.ndarray, start: int) -> np.ndarray:
+    values_ = floats._convert(chunk, start)  # the source's values as float32, transforms run
+    return values_ / np.float32(scale)
+
+
 def _scaled(scale: float, chunk: np.ndarray, start: int) -> np.ndarray:
     return chunk.astype(np.float32) * np.float32(scale)
 
@@ -165,6 +223,8 @@ def finish(
     entry: PlanEntry, name: str, precision: DType | None, is_position_ids: bool, fix_clip: bool
 ) -> PlanEntry:
     """Rename, fix position ids, cast floats to the precision."""
+    if precision is not None and precision.scaled:
+        raise UsageError("fp8_e4m3fn_scaled is a precision for convert and prune")
     entry = entry.renamed(name)
     if is_position_ids:
         return position_ids_entry(entry, fix_clip)
@@ -188,6 +248,8 @@ def record(metadata: dict[str, object], operation: dict[str, object]) -> dict[st
 def precision_name(precision: DType | None) -> str:
     if precision is None:
         return "keep"
+    if precision.scaled:
+        return "fp8_e4m3fn_scaled"
     word = next(w for w, n in PRECISIONS.items() if n == precision.name and w != "auto")
     return f"auto ({word})" if precision.narrow_only else word
 

@@ -6,7 +6,7 @@ from ..analysis import analyze
 from ..dtypes import DType, target_dtype
 from ..model import Source
 from ..plan import Plan
-from .common import dequantized, entries_of
+from .common import dequantized, entries_of, scaled_to_fp8
 
 
 def convert(source: Source, precision: DType | None = None) -> Plan:
@@ -15,5 +15,8 @@ def convert(source: Source, precision: DType | None = None) -> Plan:
     dequantizes fp8-scaled weights (and drops the scales and marker)."""
     analysis = analyze(source, None)
     entries = dequantized(list(entries_of(source, analysis).values()), analysis, precision)
-    planned = [entry.cast_to(target_dtype(entry.dtype, precision)) for entry in entries]
+    if precision is not None and precision.scaled:
+        planned, _ = scaled_to_fp8(entries, analysis)
+    else:
+        planned = [entry.cast_to(target_dtype(entry.dtype, precision)) for entry in entries]
     return Plan(planned, dict(source.metadata), source.origin)

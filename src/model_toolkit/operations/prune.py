@@ -9,7 +9,15 @@ from ..dtypes import AUTO, DType
 from ..errors import UsageError
 from ..model import Source
 from ..plan import Plan
-from .common import dequantized, entries_of, finish, precision_name, record, source_name
+from .common import (
+    dequantized,
+    entries_of,
+    finish,
+    precision_name,
+    record,
+    scaled_to_fp8,
+    source_name,
+)
 
 
 def prune(
@@ -63,16 +71,19 @@ def prune(
     entries = entries_of(source, analysis)
     position_ids = set(analysis.position_ids)
     chosen = dequantized([e for n, e in entries.items() if n in kept], analysis, analysis.precision)
+    scaled = analysis.precision is not None and analysis.precision.scaled
     planned = [
         finish(
             entry,
             analysis.renamed_keys.get(entry.name, entry.name),
-            analysis.precision,
+            None if scaled else analysis.precision,
             entry.name in position_ids,
             fix_clip,
         )
         for entry in chosen
     ]
+    if scaled:  # the kept tensors, then fp8 with a scale per Linear weight
+        planned, _ = scaled_to_fp8(planned, analysis)
     operation = {
         "op": "prune",
         "architecture": arch,
