@@ -295,3 +295,19 @@ def test_a_bad_gguf_is_one_line_and_exit_2(tmp_path, how, words):
     result = run_mtk("convert", bad, tmp_path / "out.safetensors", "--precision", "fp16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_quantized_copy_is_told_from_its_source_by_how_far_it_moved(tmp_path):
+    """`mtk diff` dequantizes chunk by chunk: a Q8_0 GGUF against the file it was made from
+    differs by its rounding only."""
+    from model_toolkit.diff import diff_models
+
+    source, _ = wan_like(tmp_path)
+    with mtk.open(source) as model:
+        plan = convert(model, mtk.precision_dtype("Q8_0"))
+        plan.metadata["general.architecture"] = "wan"
+        out = mtk.write_plan(plan, tmp_path / "wan.gguf")
+    with mtk.open(source) as a, mtk.open(out) as b:
+        [other] = diff_models(a, b).classes
+    assert other.status == "different" and other.tensors == 5
+    assert other.cosine_similarity > 0.9999 and 0 < other.max_abs_diff < 0.05

@@ -229,3 +229,29 @@ def test_writing_fp8_scaled_chooses_amax_over_448_as_comfyui_does(tmp_path):
     again = run_mtk("inspect", tmp_path / "qwen3_fp8_scaled.safetensors", "--no-metric", check=True)
     assert "Quantized layers: fp8 e4m3fn, scaled: 196." in again.stdout
     assert "Model type identified as Qwen3-0.6B." in again.stdout
+
+
+def test_the_metric_and_diff_read_fp8_scaled_weights_times_their_scales(tmp_path):
+    """An fp8-scaled copy fingerprints and diffs as the model it stands for, not as its raw
+    fp8 numbers (those are 1/scale times larger)."""
+    from model_toolkit.diff import diff_models
+
+    q = "model.layers.0.self_attn.q_proj.weight"
+    rng = torch.Generator().manual_seed(2)
+    values = (torch.randn((2048, 1024), generator=rng) * 0.02).to(torch.bfloat16)
+    fill = {q: (values.view(torch.uint16).numpy(), "BF16")}
+    source = write_sparse_safetensors(
+        tmp_path / "qwen3.safetensors", keylists.load("Qwen3-0.6B"), "BF16", fill=fill
+    )
+    with mtk.open(source) as model:
+        scaled = mtk.write_plan(
+            convert(model, mtk.precision_dtype("fp8_e4m3fn_scaled")), tmp_path / "fp8.safetensors"
+        )
+    with mtk.open(source) as a, mtk.open(scaled) as b:
+        result = diff_models(a, b)
+        value = mtk.analyze(b).value(q)
+        assert value.dtype.name == "F32"
+        read = mtk.read_all(value)
+    [te] = [c for c in result.classes if c.cls == "Qwen3-0.6B"]
+    assert te.status == "different" and te.cosine_similarity > 0.999
+    assert float(np.abs(read - values.float().numpy()).max()) < 0.01

@@ -69,6 +69,13 @@ class Analysis:
     def components(self) -> dict[str, str]:
         return self.detection.components
 
+    def value(self, name: str) -> Tensor:
+        """The tensor as its values are meant: an fp8-scaled weight times its scale (what the
+        metric, fingerprints and diff read), anything else as it is stored."""
+        if self.quant is None or name not in self.quant.layers:
+            return self.tensors[name]
+        return self.quant.value_of(name, self.tensors)
+
 
 def misplaced_parts(detection: Detection, registry: Registry) -> dict[str, tuple[str, str]]:
     """Parts of the resolved architecture found under another component's prefix than the one

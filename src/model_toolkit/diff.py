@@ -90,8 +90,30 @@ class _Totals:
         return self.dot / math.sqrt(self.norm_a * self.norm_b)
 
 
+def _valued(analysis: Any, entry: PlanEntry) -> PlanEntry:
+    """The entry reading the values its tensor means (an fp8-scaled weight times its scale)."""
+    value = analysis.value(entry.name)
+    return entry if value is analysis.tensors[entry.name] else value
+
+
 def _chunks(entry: PlanEntry) -> Any:
-    return values(entry.reads, CHUNK_ELEMENTS * entry.reads.dtype.itemsize)
+    widest = max(entry.dtype.itemsize, entry.reads.dtype.itemsize)
+    return values(entry, CHUNK_ELEMENTS * widest)
+
+
+def _aligned(a: Any, b: Any) -> Any:
+    """Pairs of equal-length chunks from two value streams whose chunks may differ in length
+    (a GGUF's rows against a safetensors file's runs)."""
+    a, b = iter(a), iter(b)
+    left, right = next(a, None), next(b, None)
+    while left is not None and right is not None:
+        count = min(len(left), len(right))
+        if count:
+            yield left[:count], right[:count]
+        left = left[count:] if len(left) > count else next(a, None)
+        right = right[count:] if len(right) > count else next(b, None)
+    if (left is None) != (right is None):
+        raise ValueError("the tensors hold different numbers of values")
 
 
 def _compare(pairs: list[tuple[str, PlanEntry, PlanEntry]], result: ClassDiff) -> None:
@@ -100,7 +122,7 @@ def _compare(pairs: list[tuple[str, PlanEntry, PlanEntry]], result: ClassDiff) -
         if tuple(a.shape) != tuple(b.shape):
             result.mismatched_shapes.append(f"{name} {list(a.shape)} vs {list(b.shape)}")
             continue
-        for chunk_a, chunk_b in zip(_chunks(a), _chunks(b), strict=True):
+        for chunk_a, chunk_b in _aligned(_chunks(a), _chunks(b)):
             totals.add(chunk_a, chunk_b)
     result.tensors = len(pairs)
     if result.mismatched_shapes:
@@ -129,7 +151,10 @@ def diff_models(model_a: ModelFile, model_b: ModelFile) -> ModelDiff:
         ):
             if cls in analysis.components:
                 spot = find_component(analysis.detection, cls, None, side)
-                pairs = component_entries(spot, analysis, entries)
+                pairs = [
+                    (key, _valued(analysis, entry))
+                    for key, entry in component_entries(spot, analysis, entries)
+                ]
                 used.update(entry.name for _, entry in pairs)
                 found[side] = (spot.component.name, dict(pairs))
         result = ClassDiff(cls, "", found.get("a", (None,))[0], found.get("b", (None,))[0])

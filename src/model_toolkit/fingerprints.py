@@ -53,7 +53,7 @@ def class_fingerprints(analysis: Analysis) -> dict[str, str]:
             continue
         keys = allowed_keys(detection.resolved, {cls: [component]}, registry, {cls})
         refs = [
-            ref
+            analysis.value(name)
             for name, ref in analysis.tensors.items()
             if detection.keys[name] in keys and ref.dtype.is_float
         ]

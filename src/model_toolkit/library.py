@@ -91,7 +91,10 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
             fingerprints = {}
             for cls in analysis.components:
                 found = find_component(analysis.detection, cls, None, path.name)
-                pairs = component_entries(found, analysis, entries)
+                pairs = [
+                    (key, _as_entry(analysis.value(e.name), e))
+                    for key, e in component_entries(found, analysis, entries)
+                ]
                 fingerprints[cls] = [found.component.name, content_fingerprint(pairs)]
             record["fingerprints"] = fingerprints
             # The original toolkit's metric names known VAEs and CLIPs ("NAI VAE"); the UNET
@@ -298,3 +301,9 @@ def summary_counts(result: ScanResult) -> dict[str, int]:
     for record in result.files.values():
         counts[record["status"]] = counts.get(record["status"], 0) + 1
     return counts
+
+
+def _as_entry(value: Any, entry: Any) -> Any:
+    """A value view (an fp8-scaled weight times its scale) in place of a plan entry, when the
+    analysis has one; the entry itself otherwise."""
+    return entry if value is entry.reads else value

@@ -174,14 +174,14 @@ def metric_tensors(
 
     unet_keys, vae_keys, clip_keys = (keys(metric_classes(p)) for p in ("unet", "vae", "clip"))
     parts: list[tuple[str, Tensor]] = []
-    for name, ref in analysis.tensors.items():
+    for name in analysis.tensors:
         key = detection.keys[name]
         if key in unet_keys and "unet" in parts_wanted:
-            parts.append(("unet", ref))
+            parts.append(("unet", analysis.value(name)))
         if key in vae_keys and ("encoder." in name or "decoder." in name):
-            parts.append(("vae", ref))
+            parts.append(("vae", analysis.value(name)))
         if key in clip_keys and "mlp." in name and ".23." not in name:
-            parts.append(("clip", ref))
+            parts.append(("clip", analysis.value(name)))
     return [(part, ref) for part, ref in parts if part in parts_wanted]
 
 

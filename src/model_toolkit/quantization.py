@@ -64,6 +64,29 @@ class QuantView:
                 found.add(detection.keys[marker])
         return found
 
+    def value_of(self, weight: str, tensors: Mapping[str, Any]) -> Any:
+        """An fp8 weight with one scale as float32 values times the scale (a Tensor); any other
+        quantized weight as it is stored (its format is not decoded here)."""
+        ref = tensors[weight]
+        scale = next(
+            (
+                tensors[c]
+                for c, w in self.companions.items()
+                if w == weight and c.endswith((".scale_weight", ".weight_scale"))
+            ),
+            None,
+        )
+        if scale is None or scale.numel != 1 or not self.layers[weight].startswith("fp8"):
+            return ref
+        from functools import partial
+
+        from .dtypes import DTYPES
+        from .model import read_all
+        from .plan import PlanEntry
+
+        factor = float(read_all(scale).reshape(-1)[0])
+        return PlanEntry(weight, ref, DTYPES["F32"], partial(_times, factor))
+
     def keeps_dtype(self, name: str) -> bool:
         """Companions and markers are never cast (an fp32 scale in bf16 is another scale)."""
         return name in self.companions or name in self.markers
@@ -74,6 +97,12 @@ class QuantView:
         for form in self.layers.values():
             counts[form] = counts.get(form, 0) + 1
         return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def _times(factor: float, chunk: Any, start: int) -> Any:
+    import numpy as np
+
+    return chunk.astype(np.float32) * np.float32(factor)
 
 
 def quant_view(
