@@ -1,6 +1,7 @@
 """Builds the benchmark's input files (called by bench/run.py; run in its own process).
 
-    python bench/inputs.py --full|--quick KEY=PATH ...   (KEY: sd1_ckpt, sd1_st, sdxl_st, wan_aio)
+    python bench/inputs.py --full|--quick KEY=PATH ...
+        (KEY: sd1_ckpt, sd1_st, sdxl_st, wan_st, wan_aio)
     python bench/inputs.py --metric-bytes PATH           (what the metric reads of a file)
     python bench/inputs.py --metric-pass PATH            (seconds of the metric's pass alone)
 
@@ -96,7 +97,21 @@ def sdxl_plan(scale: int) -> Plan:
     build = Builder(scale)
     for name, shape in keylists.load_path(KEYS / "Checkpoint-SDXL-SGM.txt"):
         build.add(name, shape, DTYPES["F16"])
-    return Plan(build.entries)
+    return Plan(build.entries, _named_for_gguf(scale, "sdxl"))
+
+
+def wan_plan(scale: int) -> Plan:
+    """A Wan 2.1 T2V 1.3B transformer in bf16, as ComfyUI's diffusion_models/ has it."""
+    build = Builder(scale)
+    for name, shape in keylists.load("Wan-v2.1-T2V-1.3B"):
+        build.add(name, shape, DTYPES["BF16"])
+    return Plan(build.entries, _named_for_gguf(scale, "wan"))
+
+
+def _named_for_gguf(scale: int, arch: str) -> dict[str, str]:
+    """Quick inputs have divided shapes, which no registry list matches: they say their GGUF
+    architecture in their metadata, where a GGUF written from them takes it."""
+    return {"general.architecture": arch} if scale != 1 else {}
 
 
 def metric_bytes(path: str) -> int:
@@ -167,7 +182,7 @@ def main() -> None:
         return
     scale = 16 if mode == "--quick" else 1
     CACHE.mkdir(parents=True, exist_ok=True)
-    plans = {"sd1_ckpt": sd1_plan, "sd1_st": sd1_plan, "sdxl_st": sdxl_plan}
+    plans = {"sd1_ckpt": sd1_plan, "sd1_st": sd1_plan, "sdxl_st": sdxl_plan, "wan_st": wan_plan}
     for target in targets:
         key, _, path = target.partition("=")
         if key == "wan_aio":

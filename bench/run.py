@@ -126,6 +126,7 @@ def make_inputs(quick: bool) -> dict[str, Path]:
         "sd1_st": "sd1-fp32-ema.safetensors",
         "sdxl_st": "sdxl-fp16.safetensors",
         "wan_aio": "wan2.1-14b-aio-header-only.safetensors",
+        "wan_st": "wan2.1-t2v-1.3b-bf16.safetensors",
     }
     if quick:
         names = {key: "quick-" + value for key, value in names.items()}
@@ -159,7 +160,71 @@ def main() -> None:
     out = scratch / "out"
 
     ckpt, st, sdxl = inputs["sd1_ckpt"], inputs["sd1_st"], inputs["sdxl_st"]
-    wan = inputs["wan_aio"]
+    wan, wan13 = inputs["wan_aio"], inputs["wan_st"]
+    reference = ROOT / "bench" / "gguf_reference.py"
+
+    def gguf_input(source: Path) -> Path:
+        """A Q8_0 GGUF made from `source` once, by mtk, for the cases that read GGUF."""
+        path = source.with_suffix(".Q8_0.gguf")
+        if not path.exists():
+            subprocess.run(
+                [mtk, "convert", str(source), str(path), "--precision", "Q8_0"],
+                check=True,
+                capture_output=True,
+            )
+        return path
+
+    def quantizing(name: str, source: Path, arch: str) -> list[Case]:
+        """bf16/fp16 -> Q8_0 GGUF, by mtk and by the gguf package's whole-model path."""
+        target = out.with_suffix(".gguf")
+        return [
+            Case(
+                f"gguf: {name} -> Q8_0 (mtk)",
+                ["convert", str(source), "{out}.gguf", "--precision", "Q8_0"],
+                source,
+                target,
+                max_rss_mib=1024,
+                note="quantizing is arithmetic: see README",
+            ),
+            Case(
+                f"gguf: {name} -> Q8_0 (gguf package)",
+                [],
+                source,
+                target,
+                program=[
+                    sys.executable,
+                    str(reference),
+                    "quantize",
+                    str(source),
+                    str(target),
+                    "Q8_0",
+                    arch,
+                ],
+                note="the package alone, for comparison",
+            ),
+        ]
+
+    def dequantizing(name: str, source: Path) -> list[Case]:
+        """Q8_0 GGUF -> fp16 safetensors, by mtk and by the package's path."""
+        target = out.with_suffix(".safetensors")
+        return [
+            Case(
+                f"gguf: {name} Q8_0 -> fp16 (mtk)",
+                ["convert", str(source), "{out}.safetensors", "--precision", "fp16"],
+                source,
+                target,
+                max_rss_mib=1024,
+                note="dequantizing is arithmetic: see README",
+            ),
+            Case(
+                f"gguf: {name} Q8_0 -> fp16 (gguf package)",
+                [],
+                source,
+                target,
+                program=[sys.executable, str(reference), "dequantize", str(source), str(target)],
+                note="the package alone, for comparison",
+            ),
+        ]
 
     def identify(name: str, args: list[str], reads: Path) -> Case:
         return Case(name, args, reads, None, max_seconds=0.5, max_rss_mib=100, has_floor=False)
@@ -208,6 +273,10 @@ def main() -> None:
         identify(
             "identify Wan 2.1 all-in-one (header only)", ["inspect", str(wan), "--no-metric"], wan
         ),
+        *quantizing("SDXL UNET fp16", sdxl, "sdxl"),
+        *quantizing("Wan 2.1 1.3B bf16", wan13, "wan"),
+        *dequantizing("SDXL UNET", gguf_input(sdxl)),
+        *dequantizing("Wan 2.1 1.3B", gguf_input(wan13)),
         metric("inspect with metric .safetensors", cold=False),
         metric_pass,
         metric("inspect with metric, cold cache", cold=True),

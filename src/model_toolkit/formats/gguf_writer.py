@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..dtypes import DTYPES, DType
@@ -265,11 +266,20 @@ def _encoded(entry: PlanEntry, chunk_bytes: int) -> Iterator[np.ndarray]:
         for chunk in values(entry, chunk_bytes):  # F32 and the plain types: as they are
             yield np.ascontiguousarray(chunk).view(np.uint8)
         return
-    # The gguf package's own F16/BF16 rounding and block quantizers, on float32 rows.
+    # The gguf package's own F16/BF16 rounding and block quantizers, on float32 rows: chunks
+    # of whole rows (a file tensor's chunks are runs of elements, sized here to rows), each
+    # read, cast and quantized in a worker thread while this one writes.
+    from ..execute import cast_threads, run_in_order
+
     row = entry.shape[-1] if entry.shape else 1
     rows_at_once = max(1, chunk_bytes // (row * 4))
     floats = PlanEntry(entry.name, reads, DTYPES["F32"], entry.transform)  # type: ignore[arg-type]
-    pending: list[np.ndarray] = []
+    chunks = list(floats.chunks(rows_at_once * row * 4))
+    if all(count % row == 0 for count, _ in chunks):
+        jobs = (partial(_quantized_rows, job, row, number) for _, job in chunks)
+        yield from run_in_order(jobs, cast_threads())
+        return
+    pending: list[np.ndarray] = []  # chunks across rows (a strided view's): regrouped here
     held = 0
     for chunk in values(floats, chunk_bytes):
         pending.append(chunk)
@@ -283,6 +293,10 @@ def _encoded(entry: PlanEntry, chunk_bytes: int) -> Iterator[np.ndarray]:
     if held:
         flat = np.concatenate(pending)
         yield quantize(flat.reshape(-1, row), number)
+
+
+def _quantized_rows(read: Callable[[], np.ndarray], row: int, number: int) -> np.ndarray:
+    return quantize(read().reshape(-1, row), number)
 
 
 assert set(PLAIN.values()) <= set(TYPE_NUMBER)
