@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, sys.argv[1])
-from cgguf.dequant import dequantize_tensor  # noqa: E402
-from cgguf.loader import gguf_sd_loader  # noqa: E402
+from cgguf.dequant import dequantize_tensor
+from cgguf.loader import gguf_sd_loader
 
-import model_toolkit as mtk  # noqa: E402
+import model_toolkit as mtk
 
 for path in sys.argv[2:]:
     state, arch = gguf_sd_loader(path, return_arch=True)
