@@ -113,6 +113,12 @@ def test_a_reshaped_tensor_gets_its_original_shape(tmp_path):
         assert "comfy.gguf.orig_shape.input_blocks.0.0.weight" not in model.metadata
         expected = gguf.quants.dequantize(raw, Q.Q8_0).reshape(320, 4, 3, 3)
         assert np.array_equal(mtk.read_all(ref), expected)
+        copy = mtk.write_plan(convert(model, None), tmp_path / "copy.gguf")
+    reader = gguf.GGUFReader(copy)  # copied as stored: rows of 256, the shape beside them
+    [tensor] = reader.tensors
+    assert tensor.shape.tolist() == [256, 45] and np.array_equal(bits(tensor.data), bits(raw))
+    field = reader.get_field("comfy.gguf.orig_shape.input_blocks.0.0.weight")
+    assert [int(field.parts[i][0]) for i in field.data] == [320, 4, 3, 3]
 
 
 def wan_like(tmp_path, dtype=np.float32):
@@ -208,11 +214,24 @@ def test_a_checkpoint_becomes_its_diffusion_model_alone(tmp_path):
     assert for_gguf(ready).metadata == ready.metadata  # made for GGUF already: the same
 
 
-def test_a_real_shaped_gguf_is_identified_with_its_storage(tmp_path):
-    """A Flux.1-dev Q8_0 GGUF as city96 publishes them, header only (its data a hole)."""
-    writer = gguf.GGUFWriter(tmp_path / "flux1-dev-Q8_0.gguf", "flux")
+@pytest.mark.parametrize(
+    ("key_list", "arch", "identified"),
+    [
+        ("Flux-v1-Dev", "flux", "Flux-v1 (Flux-v1-Dev)"),
+        ("Wan-v2.1-T2V-14B", "wan", "Wan (Wan-v2.1-T2V-14B)"),
+        ("Qwen-Image", "qwen_image", "Qwen-Image"),
+    ],
+)
+def test_a_real_shaped_gguf_is_identified_with_its_storage(tmp_path, key_list, arch, identified):
+    """A Q8_0 GGUF as city96 and QuantStack publish them, header only (its data a hole): 5-D
+    tensors stored 2-D with their shape in `comfy.gguf.orig_shape`."""
+    path = tmp_path / f"{key_list}-Q8_0.gguf"
+    writer = gguf.GGUFWriter(path, arch)
     data_bytes = 0
-    for name, shape in keylists.load("Flux-v1-Dev"):
+    for name, shape in keylists.load(key_list):
+        if len(shape) > 4:
+            writer.add_array(f"comfy.gguf.orig_shape.{name}", list(shape))
+            shape = (shape[0], int(np.prod(shape[1:])))
         quantized = len(shape) > 1 and np.prod(shape) > 1024 and shape[-1] % 32 == 0
         qtype = Q.Q8_0 if quantized else Q.F32
         byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, qtype) if quantized else shape
@@ -223,13 +242,12 @@ def test_a_real_shaped_gguf_is_identified_with_its_storage(tmp_path):
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    path = writer.path
     writer.close()
     with open(path, "r+b") as handle:  # the data: a hole after the (aligned) header
         handle.truncate(-(-handle.seek(0, 2) // 32) * 32 + data_bytes)
     result = run_mtk("inspect", path, "--no-metric", check=True)
     assert "Stored as Q8_0:" in result.stdout and "F32:" in result.stdout
-    assert "Model type identified as Flux-v1 (Flux-v1-Dev)." in result.stdout
+    assert f"Model type identified as {identified}." in result.stdout
 
 
 def test_a_gguf_copied_into_a_gguf_keeps_its_bytes(tmp_path):
@@ -311,3 +329,16 @@ def test_a_quantized_copy_is_told_from_its_source_by_how_far_it_moved(tmp_path):
         [other] = diff_models(a, b).classes
     assert other.status == "different" and other.tensors == 5
     assert other.cosine_similarity > 0.9999 and 0 < other.max_abs_diff < 0.05
+
+
+def test_a_gguf_prunes_to_a_gguf_and_autoprune_leaves_it_alone(tmp_path):
+    from model_toolkit.autoprune.job import inbox_files
+
+    raw = random_blocks(Q.Q8_0, 4, 64)
+    path = gguf_file(tmp_path / "model.gguf", {"blocks.0.weight": (raw, Q.Q8_0)}, arch="wan")
+    (tmp_path / "other.safetensors").write_bytes(b"")
+    assert [p.name for p in inbox_files(tmp_path)] == ["other.safetensors"]
+    result = run_mtk("convert", path, tmp_path / "copy.gguf", check=True)
+    assert "wrote" in result.stdout
+    [tensor] = gguf.GGUFReader(tmp_path / "copy.gguf").tensors
+    assert np.array_equal(bits(tensor.data), raw)

@@ -22,7 +22,7 @@ from .errors import (
     OutputExistsError,
     UnknownLayoutError,
 )
-from .filenames import free_name, output_stem, stem_of
+from .filenames import free_name, output_stem, output_suffix, stem_of
 from .formats import open_model
 from .text import printable, terminal_safe
 from .version import __version__
@@ -322,7 +322,7 @@ def prune(
     with open_model(source) as model:
         plan = operations.prune(model, dtype, keep_ema, fix_clip, tuple(drop or ()))
         target = output or free_name(
-            source.parent, output_stem("prune", stem_of(source.name)), ".safetensors"
+            source.parent, output_stem("prune", stem_of(source.name)), output_suffix(source)
         )
         size = source.stat().st_size
         _write(plan, target, [source], overwrite, as_json, size, modelspec=modelspec)
@@ -346,7 +346,9 @@ def extract(
     with open_model(source) as model:
         plan = operations.extract(model, cls, component, dtype, fix_clip)
         target = output or free_name(
-            source.parent, output_stem("extract", stem_of(source.name), cls), ".safetensors"
+            source.parent,
+            output_stem("extract", stem_of(source.name), cls),
+            output_suffix(source),
         )
         _write(plan, target, [source], overwrite, as_json, source.stat().st_size, False)
 

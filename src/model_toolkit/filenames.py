@@ -7,12 +7,25 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+# GGUF files are already quantized to their final size: autoprune leaves them where they are.
+UNPRUNED_EXTENSIONS = (".gguf",)
 
 
 def is_model_name(name: str) -> bool:
     """A visible file with a model extension (hidden files are ours or a download's)."""
     return not name.startswith(".") and Path(name).suffix.lower() in MODEL_EXTENSIONS
+
+
+def is_prunable_name(name: str) -> bool:
+    """A model file autoprune takes: any but a GGUF."""
+    return is_model_name(name) and Path(name).suffix.lower() not in UNPRUNED_EXTENSIONS
+
+
+def output_suffix(source: Path) -> str:
+    """The format an operation writes by default: a GGUF's stays GGUF (its blocks fit nothing
+    else), everything else becomes safetensors."""
+    return ".gguf" if source.suffix.lower() == ".gguf" else ".safetensors"
 
 
 def stem_of(name: str) -> str:

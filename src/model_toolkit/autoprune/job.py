@@ -28,7 +28,7 @@ from ..analysis import analyze
 from ..architectures.registry import load_registry
 from ..dtypes import AUTO, DType
 from ..errors import ModelToolkitError, UsageError
-from ..filenames import free_name, is_model_name, stem_of
+from ..filenames import free_name, is_model_name, is_prunable_name, stem_of
 from ..formats import open_model
 from ..operations import convert, prune
 from ..plan import Plan
@@ -89,7 +89,9 @@ def inbox_files(inbox: Path) -> list[Path]:
     """The model files waiting in the inbox, by name (hidden files are ours or a download's)."""
     if not inbox.is_dir():
         return []
-    return sorted(path for path in inbox.iterdir() if is_model_name(path.name) and path.is_file())
+    return sorted(
+        path for path in inbox.iterdir() if is_prunable_name(path.name) and path.is_file()
+    )
 
 
 @contextmanager

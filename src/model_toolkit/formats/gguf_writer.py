@@ -147,6 +147,13 @@ def _stored(
     source, target = entry.reads.dtype, entry.dtype
     if isinstance(entry.reads, Reshaped):
         return entry, entry.reads.inner.shape  # made for GGUF already
+    if target.quantized and target == source:  # a GGUF's blocks copied, as they are stored
+        row = getattr(entry.reads, "row", shape[-1] if shape else 1)
+        if not shape or row == shape[-1]:
+            return entry, None
+        stored = (numel // row, row)
+        reshaped = PlanEntry(entry.name, Reshaped(entry.reads, stored), target, entry.transform)  # type: ignore[arg-type]
+        return reshaped, shape
     if target.name not in TYPE_NUMBER:
         if target.name in ("F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"):
             target = DTYPES["F16"]  # GGUF has no fp8; fp16 holds its values exactly
