@@ -6,7 +6,7 @@
 It prints its own seconds (the benchmark's "program" cases), from before importing the package.
 
 What a user does with the package alone, as city96's tools/convert.py does it: every tensor
-loaded (safetensors' numpy loader), converted to float32, quantized with `gguf.quants`, handed to
+loaded (safetensors' torch loader: numpy's knows no bfloat16), converted to float32, quantized with `gguf.quants`, handed to
 GGUFWriter, which holds them all until `write_tensors_to_file`; and back: GGUFReader, each
 tensor dequantized to fp16, the whole state dict saved by safetensors. The same conventions as
 `mtk` where they cost time (1-D and small tensors kept F32, the diffusion model alone), so that
@@ -22,7 +22,8 @@ START = time.perf_counter()
 
 import gguf  # noqa: E402
 import numpy as np  # noqa: E402
-from safetensors.numpy import load_file, save_file  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 PREFIX = "model.diffusion_model."
 
@@ -35,8 +36,8 @@ def quantize(source: str, output: str, qtype_name: str, arch: str) -> None:
     writer = gguf.GGUFWriter(output, arch)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     block = gguf.GGML_QUANT_SIZES[qtype][0]
-    for name, array in tensors.items():
-        values = array.astype(np.float32)
+    for name, tensor in tensors.items():
+        values = tensor.float().numpy()
         kind = qtype
         if values.ndim <= 1 or values.size <= 1024:
             kind = gguf.GGMLQuantizationType.F32

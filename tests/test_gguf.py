@@ -342,3 +342,21 @@ def test_a_gguf_prunes_to_a_gguf_and_autoprune_leaves_it_alone(tmp_path):
     assert "wrote" in result.stdout
     [tensor] = gguf.GGUFReader(tmp_path / "copy.gguf").tensors
     assert np.array_equal(bits(tensor.data), raw)
+
+
+def test_the_compiled_q8_0_loop_makes_the_packages_bytes():
+    """Halves round away from zero, zero blocks, -0.0, subnormal and huge scales, NaN and inf
+    (those blocks are the package's own): the same bytes as `gguf.quants.quantize`."""
+    from model_toolkit import quantized
+
+    rng = np.random.default_rng(7)
+    scales = rng.choice(np.float32([1e-40, 1e-8, 1e-3, 1, 1e3, 1e30]), size=(512, 1))
+    values = (rng.standard_normal((512, 256)) * scales).astype(np.float32)
+    values[0] = 0
+    values[1, :32] = 0.5
+    values[1, 5] = -127
+    values[2] = np.arange(256, dtype=np.float32) * 0.25 - 32
+    values[3] = -0.0
+    values[4, 3], values[5, 9] = np.nan, np.inf
+    ours = quantized.quantize(values, quantized.Q8_0)
+    assert np.array_equal(ours, bits(gguf.quants.quantize(values, Q.Q8_0)))

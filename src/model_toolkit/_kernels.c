@@ -212,7 +212,68 @@ static PyObject *table_sum(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble((sums[0] + sums[1]) + (sums[2] + sums[3]));
 }
 
+/* q8_0(src, dst): GGUF's Q8_0 blocks of float32 values (32 a block), bit for bit as the gguf
+ * package's numpy quantizer makes them (itself ggml-quants.c's reference): d = amax / 127 in
+ * float32, each value times 1/d rounded half away from zero, d stored as float16 (round to
+ * nearest even). numpy's path runs at ~80 M values a second on one core; quantizing an SDXL
+ * UNET with it takes longer than reading and writing the file. Returns how many blocks hold a
+ * NaN or an infinity: their bytes are not written here (the caller asks the package for them,
+ * whose float-to-int casts of NaN are its platform's business). */
+static inline float magnitude(float value) { return float_of(bits_of(value) & 0x7FFFFFFFu); }
+
+VECTOR_CLONES
+static Py_ssize_t q8_0_blocks(const float *x, uint8_t *out, Py_ssize_t blocks) {
+    Py_ssize_t odd = 0;
+    for (Py_ssize_t b = 0; b < blocks; b++, x += 32, out += 34) {
+        float amax = 0.0f;
+        uint32_t special = 0;
+        for (int i = 0; i < 32; i++) {
+            float a = magnitude(x[i]);
+            amax = a > amax ? a : amax;
+            special |= (bits_of(x[i]) & 0x7F800000u) == 0x7F800000u;
+        }
+        if (special) {
+            odd++;
+            continue;
+        }
+        float d = amax / 127.0f;
+        float id = d == 0.0f ? 0.0f : 1.0f / d;
+        uint16_t half = half_of(bits_of(d));
+        out[0] = (uint8_t)(half & 0xFF);
+        out[1] = (uint8_t)(half >> 8);
+        int8_t q[32];
+        for (int i = 0; i < 32; i++) {
+            float v = x[i] * id;
+            float a = magnitude(v);
+            float f = __builtin_floorf(a);
+            float r = f + __builtin_floorf(2.0f * (a - f)); /* half away from zero, as np_roundf */
+            q[i] = (int8_t)(int)(v < 0.0f ? -r : r);
+        }
+        memcpy(out + 2, q, 32);
+    }
+    return odd;
+}
+
+static PyObject *q8_0(PyObject *self, PyObject *args) {
+    Py_buffer src, dst;
+    if (!PyArg_ParseTuple(args, "y*w*", &src, &dst)) return NULL;
+    Py_ssize_t blocks = src.len / (4 * 32), odd;
+    if (src.len % (4 * 32) != 0 || dst.len != blocks * 34) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&dst);
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match whole Q8_0 blocks");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    odd = q8_0_blocks((const float *)src.buf, (uint8_t *)dst.buf, blocks);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return PyLong_FromSsize_t(odd);
+}
+
 static PyMethodDef methods[] = {
+    {"q8_0", q8_0, METH_VARARGS, "float32 -> GGUF Q8_0 blocks, as the gguf package."},
     {"f32_to_f16", f32_to_f16, METH_VARARGS, "float32 -> float16 bits, as torch."},
     {"f32_to_bf16", f32_to_bf16, METH_VARARGS, "float32 -> bfloat16 bits, as torch."},
     {"f32_to_e4m3fn", f32_to_e4m3fn, METH_VARARGS, "float32 -> float8_e4m3fn bits, as torch."},

@@ -77,14 +77,35 @@ def dequantize(raw: np.ndarray, dtype: DType) -> np.ndarray:
     return values.astype(np.float32, copy=False)
 
 
+Q8_0 = 8
+
+
 def quantize(values: np.ndarray, gguf_type: int) -> np.ndarray:
-    """float32 rows [rows, row] -> stored bytes (uint8) as the gguf package makes them."""
+    """float32 rows [rows, row] -> stored bytes (uint8) as the gguf package makes them (Q8_0
+    by the compiled loop where it is built: the same bytes, ten times sooner)."""
+    import numpy as np
+
+    if gguf_type == Q8_0 and _kernels is not None:
+        flat = np.ascontiguousarray(values, dtype=np.float32)
+        out = np.empty(flat.size // 32 * 34, np.uint8)
+        if _kernels.q8_0(flat, out) == 0:
+            return out.reshape(*values.shape[:-1], values.shape[-1] // 32 * 34)
+    return _package_quantize(values, gguf_type)
+
+
+def _package_quantize(values: np.ndarray, gguf_type: int) -> np.ndarray:
     import numpy as np
     from gguf import GGMLQuantizationType, quants
 
     with np.errstate(all="ignore"):
         encoded = quants.quantize(values, GGMLQuantizationType(gguf_type))
     return np.ascontiguousarray(encoded).view(np.uint8)
+
+
+try:  # the optional compiled loops (_kernels.c)
+    from . import _kernels
+except ImportError:  # pragma: no cover - built wherever a C compiler is found
+    _kernels = None  # type: ignore[assignment]
 
 
 def can_quantize(gguf_type: int) -> bool:
