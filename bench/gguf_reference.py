@@ -6,8 +6,9 @@
 It prints its own seconds (the benchmark's "program" cases), from before importing the package.
 
 What a user does with the package alone, as city96's tools/convert.py does it: every tensor
-loaded (safetensors' torch loader: numpy's knows no bfloat16), converted to float32, quantized with `gguf.quants`, handed to
-GGUFWriter, which holds them all until `write_tensors_to_file`; and back: GGUFReader, each
+loaded (safetensors' torch loader: numpy's knows no bfloat16), converted to float32, quantized
+with `gguf.quants`, handed to GGUFWriter, which holds them all until `write_tensors_to_file`;
+and back: GGUFReader, each
 tensor dequantized to fp16, the whole state dict saved by safetensors. The same conventions as
 `mtk` where they cost time (1-D and small tensors kept F32, the diffusion model alone), so that
 the arithmetic compared is the same.
