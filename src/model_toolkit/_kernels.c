@@ -254,6 +254,45 @@ static Py_ssize_t q8_0_blocks(const float *x, uint8_t *out, Py_ssize_t blocks) {
     return odd;
 }
 
+/* float16 bits -> float32, exactly (every float16 is a float32). */
+static inline float float_of_half(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+    if (exponent == 0x1F) return float_of(sign | 0x7F800000u | (mantissa << 13));
+    if (exponent != 0) return float_of(sign | ((exponent + 112) << 23) | (mantissa << 13));
+    float value = (float)mantissa * (1.0f / 16777216.0f); /* subnormal: mantissa * 2^-24 */
+    return sign ? -value : value;
+}
+
+VECTOR_CLONES
+static void q8_0_values(const uint8_t *blocks, float *out, Py_ssize_t count) {
+    for (Py_ssize_t b = 0; b < count; b++, blocks += 34, out += 32) {
+        float d = float_of_half((uint16_t)(blocks[0] | (blocks[1] << 8)));
+        const int8_t *q = (const int8_t *)(blocks + 2);
+        for (int i = 0; i < 32; i++) out[i] = (float)q[i] * d;
+    }
+}
+
+/* q8_0_decode(src, dst): Q8_0 blocks -> float32 values, as the package's dequantize (the int8
+ * times the float16 scale, in float32). */
+static PyObject *q8_0_decode(PyObject *self, PyObject *args) {
+    Py_buffer src, dst;
+    if (!PyArg_ParseTuple(args, "y*w*", &src, &dst)) return NULL;
+    Py_ssize_t blocks = src.len / 34;
+    if (src.len % 34 != 0 || dst.len != blocks * 32 * 4) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&dst);
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match whole Q8_0 blocks");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    q8_0_values((const uint8_t *)src.buf, (float *)dst.buf, blocks);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    Py_RETURN_NONE;
+}
+
 static PyObject *q8_0(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
     if (!PyArg_ParseTuple(args, "y*w*", &src, &dst)) return NULL;
@@ -274,6 +313,7 @@ static PyObject *q8_0(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"q8_0", q8_0, METH_VARARGS, "float32 -> GGUF Q8_0 blocks, as the gguf package."},
+    {"q8_0_decode", q8_0_decode, METH_VARARGS, "GGUF Q8_0 blocks -> float32, as the package."},
     {"f32_to_f16", f32_to_f16, METH_VARARGS, "float32 -> float16 bits, as torch."},
     {"f32_to_bf16", f32_to_bf16, METH_VARARGS, "float32 -> bfloat16 bits, as torch."},
     {"f32_to_e4m3fn", f32_to_e4m3fn, METH_VARARGS, "float32 -> float8_e4m3fn bits, as torch."},
