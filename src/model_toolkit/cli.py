@@ -380,6 +380,60 @@ def replace(
 
 
 @app.command()
+def merge(
+    models: Annotated[
+        list[Path], typer.Argument(metavar="A B [C]", help="The models: A, B (and C).")
+    ],
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="weighted-sum (A*(1-alpha) + B*alpha), add-difference "
+            "(A + (B-C)*alpha), no-interpolation (A alone)."
+        ),
+    ] = "weighted-sum",
+    alpha: Annotated[
+        list[str] | None,
+        typer.Option(help="The multiplier (default 0.5), or CLASS=VALUE for one class."),
+    ] = None,
+    output: OutputOption = None,
+    precision: PrecisionOption = "keep",
+    hashes: Annotated[
+        bool, typer.Option(help="Hash the inputs (SHA-256) for the recipe: one more read each.")
+    ] = False,
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Merge checkpoints as AUTOMATIC1111's merger does, streamed."""
+    from . import operations
+
+    dtype = precision_dtype(precision)
+    multiplier, per_class = 0.5, {}
+    for item in alpha or []:
+        cls, sep, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ModelToolkitError(f"--alpha {item!r}: write a number, or CLASS=NUMBER") from None
+        if sep:
+            per_class[cls] = number
+        else:
+            multiplier = number
+    known: dict[str, str | None] = {}
+    if hashes:
+        from .hashes import compute_hashes
+
+        known = {str(p): compute_hashes(p, ("sha256",)).values["sha256"] for p in models}
+    with ExitStack() as stack:
+        opened = [stack.enter_context(open_model(path)) for path in models]
+        plan = operations.merge(
+            *opened, mode=mode, alpha=multiplier, alphas=per_class, precision=dtype, hashes=known
+        )
+        stem = output_stem("merge", stem_of(models[0].name))
+        target = output or free_name(models[0].parent, stem, ".safetensors")
+        _write(plan, target, models, overwrite, as_json, models[0].stat().st_size, False)
+
+
+@app.command()
 def build(
     arch: Annotated[str, typer.Argument(metavar="ARCH", help="SD-v1, SD-v2, SD-XL, ...")],
     part: Annotated[

@@ -72,12 +72,15 @@ def component_suffix(cls: str) -> str:
 
 def output_stem(operation: str, stem: str, cls: str | None = None) -> str:
     """The name (without extension) an operation's output gets unless told: `model-pruned`,
-    `model.vae` (extract), `model-new-vae` (replace), `SD-v1-built` (the web UI's build). One
+    `model.vae` (extract), `model-new-vae` (replace), `SD-v1-built` (the web UI's build),
+    `model-merged` (A's name). One
     table for the CLI and the web UI."""
     if operation == "prune":
         return f"{stem}-pruned"
     if operation == "build":
         return f"{stem}-built"
+    if operation == "merge":
+        return f"{stem}-merged"
     if cls is None:
         raise ValueError(f"{operation} names its output after a class")
     if operation == "extract":

@@ -4,7 +4,8 @@ from .build import build
 from .convert import convert
 from .edit_metadata import edit_metadata
 from .extract import extract
+from .merge import merge
 from .prune import prune
 from .replace import replace
 
-__all__ = ["build", "convert", "edit_metadata", "extract", "prune", "replace"]
+__all__ = ["build", "convert", "edit_metadata", "extract", "merge", "prune", "replace"]

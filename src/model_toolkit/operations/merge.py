@@ -1,0 +1,299 @@
+"""merge: AUTOMATIC1111's checkpoint merger, streamed: a tensor's output is computed chunk by
+chunk from the same element range of each input, so memory is a few chunks whatever the
+models' size (its merger holds two or three whole models).
+
+Modes, as its merger defines them: weighted sum `A * (1 - alpha) + B * alpha`, add difference
+`A + (B - C) * alpha`, no interpolation (A alone: a conversion with the recipe recorded). alpha
+may differ per component class (keep A's VAE with `VAE-v1=0`). Arithmetic in float32, then the
+torch-exact cast to the output type (A's, unless a precision is given).
+
+What is merged: A's tensors. A tensor A has and B (or C) lacks is A's; one only B has is left
+out; CLIP position ids and integer tensors are A's. Inputs of different architectures, or with
+a shared tensor of another shape, are refused with what differs, except the one case its merger
+handles: an inpainting (or instruct-pix2pix) A with more input channels than B, whose first
+channels are merged and the others kept (how "make an inpainting model" recipes work).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..analysis import Analysis, analyze
+from ..architectures.detect import allowed_keys
+from ..architectures.locate import POSITION_IDS, check_class
+from ..architectures.registry import load_registry
+from ..dtypes import DTYPES, DType, target_dtype
+from ..errors import UsageError
+from ..model import Source, Tensor, read_all
+from ..plan import Plan, PlanEntry
+from .common import record, source_name
+
+MODES = {
+    "weighted-sum": "Weighted sum",
+    "add-difference": "Add difference",
+    "no-interpolation": "No interpolation",
+}
+F32 = DTYPES["F32"]
+
+
+def merge(
+    a: Source,
+    b: Source | None = None,
+    c: Source | None = None,
+    mode: str = "weighted-sum",
+    alpha: float = 0.5,
+    alphas: Mapping[str, float] | None = None,
+    precision: DType | None = None,
+    hashes: Mapping[str, str | None] | None = None,
+) -> Plan:
+    """A's tensors merged with B's (and C's) by `mode`; `alphas` per component class override
+    `alpha`; `hashes` (file -> SHA-256, where known) go into the recipe."""
+    if mode not in MODES:
+        raise UsageError(f"unknown merge mode {mode!r}; use {', '.join(MODES)}")
+    needed = {"weighted-sum": 2, "add-difference": 3, "no-interpolation": 1}[mode]
+    given = [s for s in (a, b, c) if s is not None]
+    if len(given) != needed:
+        raise UsageError(f"{mode} merges {needed} models; {len(given)} given")
+    analyses = [analyze(source, None) for source in given]
+    names = [source_name(source) for source in given]
+    _check_same_architecture(analyses, names)
+    for analysis, name in zip(analyses, names, strict=True):
+        quantized = analysis.quant is not None or any(
+            t.dtype.quantized for t in analysis.tensors.values()
+        )
+        if quantized and (precision is None or precision.narrow_only):
+            raise UsageError(
+                f"{name} is quantized: merging it needs --precision bf16, fp16 or fp32"
+            )
+    per_class = dict(alphas or {})
+    for cls in per_class:
+        check_class(cls)
+    classes = _classes_of(analyses[0])
+    first, others = analyses[0], analyses[1:]
+    skipped = set(first.quant.companions) | set(first.quant.markers) if first.quant else set()
+    planned = []
+    for name, ref in first.tensors.items():
+        if name in skipped:
+            continue
+        dtype = ref.dtype if precision is None else target_dtype(ref.dtype, precision)
+        if dtype.quantized:
+            dtype = DTYPES["F32"]
+        value = first.value(name)
+        sides = [other.value(name) if name in other.tensors else None for other in others]
+        weight = per_class.get(classes.get(name, ""), alpha)
+        mergeable = (
+            mode != "no-interpolation"
+            and ref.dtype.is_float
+            and not name.endswith(POSITION_IDS)
+            and all(side is not None for side in sides)
+        )
+        if not mergeable or weight == 0:
+            planned.append(_copied(name, value, dtype))
+            continue
+        shapes = [tuple(side.shape) for side in sides]  # type: ignore[union-attr]
+        if any(shape != tuple(ref.shape) for shape in shapes):
+            planned.append(_merged_leading_channels(name, value, sides, mode, weight, dtype, names))
+            continue
+        ranged = [_Ranged(side) for side in sides]  # type: ignore[arg-type]
+        combine = partial(_combine, mode, np.float32(weight), ranged)
+        planned.append(PlanEntry(name, value, dtype, combine))  # type: ignore[arg-type]
+    metadata = _metadata(given, analyses, names, mode, alpha, per_class, precision, hashes or {})
+    operation = {"op": "merge", "mode": mode, "alpha": alpha, "alphas": per_class, "from": names}
+    return Plan(planned, record(metadata, operation), a.origin)
+
+
+def _check_same_architecture(analyses: list[Analysis], names: list[str]) -> None:
+    architectures = [analysis.architecture for analysis in analyses]
+    for analysis, name in zip(analyses, names, strict=True):
+        if analysis.architecture is None:
+            raise UsageError(f"{name}: model type could not be identified; nothing to merge")
+    if len(set(architectures)) > 1:
+        said = ", ".join(f"{n} is {arch}" for n, arch in zip(names, architectures, strict=True))
+        raise UsageError(f"cannot merge models of different architectures: {said}")
+
+
+def _classes_of(analysis: Analysis) -> dict[str, str]:
+    """Tensor name -> its component class, for per-class alphas."""
+    registry = load_registry()
+    detection = analysis.detection
+    resolved = detection.resolved
+    assert resolved is not None
+    result = {}
+    for cls, component in detection.components.items():
+        keys = allowed_keys(resolved, {cls: [component]}, registry, {cls})
+        for name, key in detection.keys.items():
+            if key in keys:
+                result.setdefault(name, cls)
+    return result
+
+
+def _copied(name: str, value: Tensor, dtype: DType) -> PlanEntry:
+    entry = PlanEntry(name, value, value.dtype)  # type: ignore[arg-type]
+    return entry.cast_to(dtype) if value.dtype.is_float else entry
+
+
+class _Ranged:
+    """A tensor's values by element range, as float32: read where they lie (a span of the file)
+    or, for storages that only stream (compressed zip entries, strided views, decoded blocks),
+    read whole once and kept (one tensor, not a model)."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+        self.whole: np.ndarray | None = None
+        self.lock = threading.Lock()
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        from ..model import TensorRef
+        from ..storage import FileSpan, InMemory, Zeros
+
+        tensor = self.tensor
+        direct = (
+            isinstance(tensor, TensorRef)
+            and tensor.is_contiguous
+            and not tensor.big_endian
+            and isinstance(tensor.storage, FileSpan | InMemory | Zeros)
+        )
+        if direct:
+            assert isinstance(tensor, TensorRef)
+            size = tensor.dtype.itemsize
+            offset = (tensor.storage_offset + start) * size
+            [(_, job)] = list(tensor.storage.chunks(offset, count * size, count * size))
+            return job().view(tensor.dtype.numpy).astype(np.float32)
+        with self.lock:
+            whole = self.whole
+            if whole is None:
+                whole = self.whole = read_all(tensor).reshape(-1).astype(np.float32)
+            if start + count >= len(whole):
+                self.whole = None  # its last range: the tensor leaves memory
+        return whole[start : start + count]
+
+
+def _combine(
+    mode: str, weight: np.float32, sides: list[_Ranged], chunk: np.ndarray, start: int
+) -> np.ndarray:
+    a = chunk.astype(np.float32)
+    b = sides[0].read(start, len(a))
+    if mode == "weighted-sum":
+        return a * (np.float32(1) - weight) + b * weight
+    c = sides[1].read(start, len(a))
+    return a + (b - c) * weight
+
+
+def _merged_leading_channels(
+    name: str,
+    value: Tensor,
+    sides: list[Any],
+    mode: str,
+    weight: float,
+    dtype: DType,
+    names: list[str],
+) -> PlanEntry:
+    """An inpainting (9-channel) or instruct-pix2pix (8-channel) A's first layer against B's
+    4 channels: those are merged, the rest kept, as AUTOMATIC1111's merger does. Small tensors
+    (a convolution's weight): computed whole."""
+    a = read_all(value).astype(np.float32)
+    others = [read_all(side).astype(np.float32) for side in sides]
+    same = all(
+        o.ndim == a.ndim and o.shape[0] == a.shape[0] and o.shape[2:] == a.shape[2:] for o in others
+    )
+    width = others[0].shape[1] if others and others[0].ndim > 1 else None
+    if (
+        not same
+        or width is None
+        or width > a.shape[1]
+        or any(o.shape != others[0].shape for o in others)
+    ):
+        shapes = " vs ".join(str(list(t.shape)) for t in [a, *others])
+        raise UsageError(f"{name} has other shapes in {' and '.join(names)}: {shapes}")
+    lead = a[:, :width]
+    w = np.float32(weight)
+    if mode == "weighted-sum":
+        lead = lead * (np.float32(1) - w) + others[0] * w
+    else:
+        lead = lead + (others[0] - others[1]) * w
+    out = a.copy()
+    out[:, :width] = lead
+    from ..model import TensorRef
+
+    ref = TensorRef.from_array(name, out, F32)
+    return PlanEntry(name, ref, F32).cast_to(dtype)
+
+
+@dataclass
+class _Input:
+    name: str
+    sha256: str | None
+    legacy: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _metadata(
+    given: list[Source],
+    analyses: list[Analysis],
+    names: list[str],
+    mode: str,
+    alpha: float,
+    alphas: Mapping[str, float],
+    precision: DType | None,
+    hashes: Mapping[str, str | None],
+) -> dict[str, Any]:
+    """A's metadata, with AUTOMATIC1111's `sd_merge_recipe` and `sd_merge_models`."""
+    inputs = []
+    for source, name in zip(given, names, strict=True):
+        inputs.append(
+            _Input(name, hashes.get(source.origin), _legacy_hash(source.origin), source.metadata)
+        )
+    recipe = {
+        "type": "model-toolkit",
+        "primary_model_hash": inputs[0].sha256,
+        "secondary_model_hash": inputs[1].sha256 if len(inputs) > 1 else None,
+        "tertiary_model_hash": inputs[2].sha256 if len(inputs) > 2 else None,
+        "interp_method": MODES[mode],
+        "multiplier": alpha,
+        "multipliers": dict(alphas),
+        "save_as_half": precision is not None and precision.name == "F16",
+        "custom_name": "",
+        "config_source": 0,
+        "bake_in_vae": "None",
+        "discard_weights": "",
+        "is_inpainting": any("Inpainting" in c for c in analyses[0].components.values()),
+        "is_instruct_pix2pix": any("Pix2Pix" in c for c in analyses[0].components.values()),
+    }
+    models: dict[str, Any] = {}
+    for item in inputs:
+        models.update(_json(item.metadata.get("sd_merge_models")) or {})
+        models[item.sha256 or item.name] = {  # by SHA-256 as the webui, else by name
+            "name": item.name,
+            "legacy_hash": item.legacy,
+            "sd_merge_recipe": _json(item.metadata.get("sd_merge_recipe")),
+        }
+    metadata = dict(given[0].metadata)
+    metadata["sd_merge_recipe"] = json.dumps(recipe)
+    metadata["sd_merge_models"] = json.dumps(models)
+    return metadata
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+def _legacy_hash(origin: str) -> str | None:
+    """AUTOMATIC1111's old model hash (AutoV1): 64 KiB at 1 MiB, read in a moment."""
+    if not origin or not Path(origin).is_file():
+        return None
+    from ..hashes import compute_hashes
+
+    return compute_hashes(origin, ("autov1",)).values.get("autov1")
