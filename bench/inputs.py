@@ -1,7 +1,7 @@
 """Builds the benchmark's input files (called by bench/run.py; run in its own process).
 
     python bench/inputs.py --full|--quick KEY=PATH ...
-        (KEY: sd1_ckpt, sd1_st, sdxl_st, wan_st, wan_aio)
+        (KEY: sd1_ckpt, sd1_st, sdxl_st, sdxl_b, wan_st, wan_aio)
     python bench/inputs.py --metric-bytes PATH           (what the metric reads of a file)
     python bench/inputs.py --metric-pass PATH            (seconds of the metric's pass alone)
 
@@ -100,6 +100,15 @@ def sdxl_plan(scale: int) -> Plan:
     return Plan(build.entries, _named_for_gguf(scale, "sdxl"))
 
 
+def sdxl_b_plan(scale: int) -> Plan:
+    """A second SDXL (a merge's B): the same names, other bytes (its windows start elsewhere)."""
+    build = Builder(scale)
+    build.position = PATTERN_BYTES // 3
+    for name, shape in keylists.load_path(KEYS / "Checkpoint-SDXL-SGM.txt"):
+        build.add(name, shape, DTYPES["F16"])
+    return Plan(build.entries, _named_for_gguf(scale, "sdxl"))
+
+
 def wan_plan(scale: int) -> Plan:
     """A Wan 2.1 T2V 1.3B transformer in bf16, as ComfyUI's diffusion_models/ has it."""
     build = Builder(scale)
@@ -182,7 +191,13 @@ def main() -> None:
         return
     scale = 16 if mode == "--quick" else 1
     CACHE.mkdir(parents=True, exist_ok=True)
-    plans = {"sd1_ckpt": sd1_plan, "sd1_st": sd1_plan, "sdxl_st": sdxl_plan, "wan_st": wan_plan}
+    plans = {
+        "sd1_ckpt": sd1_plan,
+        "sd1_st": sd1_plan,
+        "sdxl_st": sdxl_plan,
+        "sdxl_b": sdxl_b_plan,
+        "wan_st": wan_plan,
+    }
     for target in targets:
         key, _, path = target.partition("=")
         if key == "wan_aio":

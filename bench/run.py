@@ -48,6 +48,7 @@ class Case:
     has_floor: bool = True  # False: the case reads no tensor data, its target is a time
     cold: bool = False  # the input is dropped from the page cache before each run and floor
     program: list[str] | None = None  # None: mtk; else a helper that prints its own seconds
+    also_reads: tuple[Path, ...] = ()  # other inputs it reads whole (a merge's B)
     note: str = ""  # shown where the case has no target
 
 
@@ -71,11 +72,17 @@ def run_measured(command: list[str], self_timed: bool = False) -> tuple[float, f
     return (float(printed) if self_timed else elapsed), usage.ru_maxrss / 1024
 
 
-def floor_seconds(reads: Path, output_size: int, target: Path, reads_bytes: int | None) -> float:
+def floor_seconds(
+    reads: Path,
+    output_size: int,
+    target: Path,
+    reads_bytes: int | None,
+    also_reads: tuple[Path, ...] = (),
+) -> float:
     """cat of the bytes read (dd of the first `reads_bytes` where mtk reads only part of the
-    file), plus a copy (dd) + sync of as many bytes as the output has, taken from the same
-    (cached) input, as mtk's writes are synced too."""
-    read = ["cat", str(reads)]
+    file; the other inputs whole), plus a copy (dd) + sync of as many bytes as the output has,
+    taken from the same (cached) input, as mtk's writes are synced too."""
+    read = ["cat", str(reads), *map(str, also_reads)]
     if reads_bytes is not None:
         read = ["dd", f"if={reads}", "of=/dev/null", "bs=4M", "iflag=count_bytes"]
         read += [f"count={reads_bytes}", "status=none"]
@@ -127,6 +134,7 @@ def make_inputs(quick: bool) -> dict[str, Path]:
         "sdxl_st": "sdxl-fp16.safetensors",
         "wan_aio": "wan2.1-14b-aio-header-only.safetensors",
         "wan_st": "wan2.1-t2v-1.3b-bf16.safetensors",
+        "sdxl_b": "sdxl-fp16-b.safetensors",
     }
     if quick:
         names = {key: "quick-" + value for key, value in names.items()}
@@ -174,57 +182,39 @@ def main() -> None:
             )
         return path
 
+    def side_by_side(
+        name: str, source: Path, suffix: str, mtk_args: list[str], helper: list[str]
+    ) -> list[Case]:
+        """A GGUF case by mtk, then the same work by the gguf package's whole-model path."""
+        target = out.with_suffix(suffix)
+        ours = Case(
+            f"gguf: {name} (mtk)",
+            ["convert", str(source), "{out}" + suffix, *mtk_args],
+            source,
+            target,
+            max_rss_mib=1024,
+            note="(de)quantizing is arithmetic: see README",
+        )
+        program = [sys.executable, str(reference), *helper[:1], str(source), str(target)]
+        package = Case(
+            f"gguf: {name} (gguf package)",
+            [],
+            source,
+            target,
+            program=program + helper[1:],
+            note="the package alone, for comparison",
+        )
+        return [ours, package]
+
     def quantizing(name: str, source: Path, arch: str) -> list[Case]:
-        """bf16/fp16 -> Q8_0 GGUF, by mtk and by the gguf package's whole-model path."""
-        target = out.with_suffix(".gguf")
-        return [
-            Case(
-                f"gguf: {name} -> Q8_0 (mtk)",
-                ["convert", str(source), "{out}.gguf", "--precision", "Q8_0"],
-                source,
-                target,
-                max_rss_mib=1024,
-                note="quantizing is arithmetic: see README",
-            ),
-            Case(
-                f"gguf: {name} -> Q8_0 (gguf package)",
-                [],
-                source,
-                target,
-                program=[
-                    sys.executable,
-                    str(reference),
-                    "quantize",
-                    str(source),
-                    str(target),
-                    "Q8_0",
-                    arch,
-                ],
-                note="the package alone, for comparison",
-            ),
-        ]
+        """bf16/fp16 -> Q8_0 GGUF."""
+        q8 = ["--precision", "Q8_0"]
+        return side_by_side(f"{name} -> Q8_0", source, ".gguf", q8, ["quantize", "Q8_0", arch])
 
     def dequantizing(name: str, source: Path) -> list[Case]:
-        """Q8_0 GGUF -> fp16 safetensors, by mtk and by the package's path."""
-        target = out.with_suffix(".safetensors")
-        return [
-            Case(
-                f"gguf: {name} Q8_0 -> fp16 (mtk)",
-                ["convert", str(source), "{out}.safetensors", "--precision", "fp16"],
-                source,
-                target,
-                max_rss_mib=1024,
-                note="dequantizing is arithmetic: see README",
-            ),
-            Case(
-                f"gguf: {name} Q8_0 -> fp16 (gguf package)",
-                [],
-                source,
-                target,
-                program=[sys.executable, str(reference), "dequantize", str(source), str(target)],
-                note="the package alone, for comparison",
-            ),
-        ]
+        """Q8_0 GGUF -> fp16 safetensors."""
+        fp16 = ["--precision", "fp16"]
+        return side_by_side(f"{name} Q8_0 -> fp16", source, ".safetensors", fp16, ["dequantize"])
 
     def identify(name: str, args: list[str], reads: Path) -> Case:
         return Case(name, args, reads, None, max_seconds=0.5, max_rss_mib=100, has_floor=False)
@@ -272,6 +262,23 @@ def main() -> None:
         ),
         identify(
             "identify Wan 2.1 all-in-one (header only)", ["inspect", str(wan), "--no-metric"], wan
+        ),
+        Case(
+            "merge two SDXL fp16 checkpoints (weighted sum)",
+            [
+                "merge",
+                str(sdxl),
+                str(inputs["sdxl_b"]),
+                "--alpha",
+                "0.3",
+                "-o",
+                "{out}.safetensors",
+            ],
+            sdxl,
+            out.with_suffix(".safetensors"),
+            max_ratio=1.3,
+            max_rss_mib=512,
+            also_reads=(inputs["sdxl_b"],),
         ),
         *quantizing("SDXL UNET fp16", sdxl, "sdxl"),
         *quantizing("Wan 2.1 1.3B bf16", wan13, "wan"),
@@ -334,11 +341,14 @@ def main() -> None:
         if options.only not in case.name:
             continue
         command = case.program or [mtk, *(a.replace("{out}", str(out)) for a in case.args)]
-        evict([path for path in CACHE.glob("*") if path != case.reads])
+        inputs = {case.reads, *case.also_reads}
+        evict([path for path in CACHE.glob("*") if path not in inputs])
         # Warm: the whole input, or only its head where the case reads no tensor data (the
         # header-only input is a 30 GiB hole).
         warm = (
-            ["cat", str(case.reads)] if case.has_floor else ["head", "-c", "64M", str(case.reads)]
+            ["cat", str(case.reads), *map(str, case.also_reads)]
+            if case.has_floor
+            else ["head", "-c", "64M", str(case.reads)]
         )
         subprocess.run(warm, stdout=subprocess.DEVNULL, check=True)
         if not options.quick:
@@ -360,7 +370,9 @@ def main() -> None:
                 if case.cold:
                     evict([case.reads])
                 copy = scratch / "floor-copy.bin"
-                floors.append(floor_seconds(case.reads, output_size, copy, case.reads_bytes))
+                floors.append(
+                    floor_seconds(case.reads, output_size, copy, case.reads_bytes, case.also_reads)
+                )
         median = statistics.median(times)
         floor = statistics.median(floors) if floors else float("nan")
         ratio = median / floor if floors and floor else float("nan")
