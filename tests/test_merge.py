@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -120,3 +121,34 @@ def test_a_merge_reads_as_few_bytes_at_once_as_a_prune(tmp_path):
     )
     peak_kib = int(run_python(script, a, b, tmp_path / "m.safetensors"))
     assert peak_kib < 400 * 1024  # the inputs are 2 GB each
+
+
+@pytest.mark.parametrize("mode", ["weighted-sum", "add-difference"])
+def test_the_compiled_loop_and_numpy_give_the_same_bits(tmp_path, monkeypatch, mode):
+    """bf16 A, fp16 B, fp32 C: the compiled loop reads each as it is; numpy converts first."""
+    import importlib
+
+    from model_toolkit.architectures import keylists
+
+    merging = importlib.import_module("model_toolkit.operations.merge")  # the module
+
+    vae = keylists.load("VAE-v1-SD")
+    name = "encoder.conv_in.weight"
+    paths = []
+    for index, (dtype, torch_dtype) in enumerate(
+        [("BF16", torch.bfloat16), ("F16", torch.float16), ("F32", torch.float32)]
+    ):
+        values = torch.randn(dict(vae)[name], generator=torch.Generator().manual_seed(index))
+        raw = values.to(torch_dtype).view({2: torch.int16, 4: torch.int32}[torch_dtype.itemsize])
+        fill = {name: (raw.numpy(), dtype)}
+        paths.append(write_sparse_safetensors(tmp_path / f"{index}.safetensors", vae, dtype, fill))
+    count = 3 if mode == "add-difference" else 2
+    results = []
+    for kernels in (merging._kernels, None):
+        monkeypatch.setattr(merging, "_kernels", kernels)
+        opened = [mtk.open(p) for p in paths[:count]]
+        plan = merge(*opened, mode=mode, alpha=0.37, precision=mtk.precision_dtype("fp32"))
+        results.append(mtk.read_all(plan.tensors[name]))
+        for model in opened:
+            model.close()
+    assert np.array_equal(results[0].view(np.uint32), results[1].view(np.uint32))

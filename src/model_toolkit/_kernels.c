@@ -311,7 +311,70 @@ static PyObject *q8_0(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(odd);
 }
 
+/* A value of a float kind (0 float32, 1 float16, 2 bfloat16) as float32, exactly. */
+static inline float value_of(const void *data, int kind, Py_ssize_t i) {
+    if (kind == 1) return float_of_half(((const uint16_t *)data)[i]);
+    if (kind == 2) return float_of((uint32_t)((const uint16_t *)data)[i] << 16);
+    return ((const float *)data)[i];
+}
+
+VECTOR_CLONES
+static void mix_loop(const void *a, int ka, const void *b, int kb, const void *c, int kc,
+                     float fa, float fb, float *out, Py_ssize_t count) {
+    if (c == NULL) { /* weighted sum: a * fa + b * fb */
+        for (Py_ssize_t i = 0; i < count; i++) {
+            float x = value_of(a, ka, i) * fa, y = value_of(b, kb, i) * fb;
+            out[i] = x + y;
+        }
+    } else { /* add difference: a + (b - c) * fb */
+        for (Py_ssize_t i = 0; i < count; i++) {
+            float d = value_of(b, kb, i) - value_of(c, kc, i);
+            float e = d * fb;
+            out[i] = value_of(a, ka, i) + e;
+        }
+    }
+}
+
+/* mix(a, ka, b, kb, c, kc, fa, fb, out): a merge's float32 values from its inputs' raw values
+ * (float32, float16 or bfloat16 each; c None for a weighted sum), each operation rounded to
+ * float32 as numpy's would be (no fused multiply-add), without numpy's temporaries. */
+static PyObject *mix(PyObject *self, PyObject *args) {
+    Py_buffer a, b, c = {0}, out;
+    int ka, kb, kc;
+    PyObject *c_object;
+    float fa, fb;
+    if (!PyArg_ParseTuple(args, "y*iy*iOiffw*", &a, &ka, &b, &kb, &c_object, &kc, &fa, &fb, &out))
+        return NULL;
+    int has_c = c_object != Py_None;
+    if (has_c && PyObject_GetBuffer(c_object, &c, PyBUF_SIMPLE) != 0) {
+        PyBuffer_Release(&a);
+        PyBuffer_Release(&b);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_ssize_t count = out.len / 4;
+    static const Py_ssize_t widths[3] = {4, 2, 2};
+    int ok = out.len % 4 == 0 && ka >= 0 && ka < 3 && kb >= 0 && kb < 3 && kc >= 0 && kc < 3 &&
+             a.len == count * widths[ka] && b.len == count * widths[kb] &&
+             (!has_c || c.len == count * widths[kc]);
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        mix_loop(a.buf, ka, b.buf, kb, has_c ? c.buf : NULL, kc, fa, fb, (float *)out.buf, count);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    if (has_c) PyBuffer_Release(&c);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes or kinds do not match");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"mix", mix, METH_VARARGS, "A merge's float32 values from float32/16/bf16 inputs."},
     {"q8_0", q8_0, METH_VARARGS, "float32 -> GGUF Q8_0 blocks, as the gguf package."},
     {"q8_0_decode", q8_0_decode, METH_VARARGS, "GGUF Q8_0 blocks -> float32, as the package."},
     {"f32_to_f16", f32_to_f16, METH_VARARGS, "float32 -> float16 bits, as torch."},

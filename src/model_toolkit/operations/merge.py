@@ -103,7 +103,7 @@ def merge(
             planned.append(_merged_leading_channels(name, value, sides, mode, weight, dtype, names))
             continue
         ranged = [_Ranged(side) for side in sides]  # type: ignore[arg-type]
-        combine = partial(_combine, mode, np.float32(weight), ranged)
+        combine = partial(_combine, mode, weight, ranged)
         planned.append(PlanEntry(name, value, dtype, combine))  # type: ignore[arg-type]
     metadata = _metadata(given, analyses, names, mode, alpha, per_class, precision, hashes or {})
     operation = {"op": "merge", "mode": mode, "alpha": alpha, "alphas": per_class, "from": names}
@@ -151,6 +151,8 @@ class _Ranged:
         self.lock = threading.Lock()
 
     def read(self, start: int, count: int) -> np.ndarray:
+        """The values [start, start + count), in the tensor's own type where they are read in
+        place (float16, bfloat16, ...), else as float32."""
         from ..model import TensorRef
         from ..storage import FileSpan, InMemory, Zeros
 
@@ -166,7 +168,7 @@ class _Ranged:
             size = tensor.dtype.itemsize
             offset = (tensor.storage_offset + start) * size
             [(_, job)] = list(tensor.storage.chunks(offset, count * size, count * size))
-            return job().view(tensor.dtype.numpy).astype(np.float32)
+            return job().view(tensor.dtype.numpy)
         with self.lock:
             whole = self.whole
             if whole is None:
@@ -176,15 +178,34 @@ class _Ranged:
         return whole[start : start + count]
 
 
+# The value types the compiled loop reads as they are (_kernels.mix).
+KINDS = {"float32": 0, "float16": 1, "bfloat16": 2}
+
+
 def _combine(
-    mode: str, weight: np.float32, sides: list[_Ranged], chunk: np.ndarray, start: int
+    mode: str, weight: float, sides: list[_Ranged], chunk: np.ndarray, start: int
 ) -> np.ndarray:
-    a = chunk.astype(np.float32)
-    b = sides[0].read(start, len(a))
+    """The merged float32 values of one chunk of A: its merger's formulas, each operation
+    rounded to float32 (the factor `1 - alpha` computed first, as Python and torch do)."""
+    values = [chunk, *(side.read(start, len(chunk)) for side in sides)]
+    first = np.float32(1 - weight) if mode == "weighted-sum" else np.float32(0)
+    factor = np.float32(weight)
+    kinds = [KINDS.get(v.dtype.name) for v in values]
+    if _kernels is not None and None not in kinds:
+        out = np.empty(len(chunk), np.float32)
+        c = values[2] if len(values) > 2 else None
+        _kernels.mix(values[0], kinds[0], values[1], kinds[1], c, kinds[-1], first, factor, out)
+        return out
+    a, b = (v.astype(np.float32) for v in values[:2])
     if mode == "weighted-sum":
-        return a * (np.float32(1) - weight) + b * weight
-    c = sides[1].read(start, len(a))
-    return a + (b - c) * weight
+        return a * first + b * factor
+    return a + (b - values[2].astype(np.float32)) * factor
+
+
+try:  # the optional compiled loops (_kernels.c): the same values, without numpy's temporaries
+    from .. import _kernels
+except ImportError:  # pragma: no cover - built wherever a C compiler is found
+    _kernels = None  # type: ignore[assignment]
 
 
 def _merged_leading_channels(
@@ -216,7 +237,7 @@ def _merged_leading_channels(
     lead = a[:, :width]
     w = np.float32(weight)
     if mode == "weighted-sum":
-        lead = lead * (np.float32(1) - w) + others[0] * w
+        lead = lead * np.float32(1 - weight) + others[0] * w
     else:
         lead = lead + (others[0] - others[1]) * w
     out = a.copy()
