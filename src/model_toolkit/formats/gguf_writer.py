@@ -123,7 +123,7 @@ def for_gguf(plan: Plan) -> Plan:
     if dropped:
         warnings.append(
             f"a GGUF holds the diffusion model alone: {dropped} other tensors (text encoders, "
-            "VAE) are left out; extract them to their own files"
+            "VAE, EMA and the like) are left out; extract the parts you need to their own files"
         )
     return Plan(out, metadata, plan.origin, warnings)
 
