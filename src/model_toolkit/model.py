@@ -55,6 +55,22 @@ class Tensor(Protocol):
         ...
 
 
+class SizedByDType:
+    """`numel` and `nbytes` from a tensor's `shape` and `dtype` (whole blocks for a quantized
+    dtype): what plan entries and a GGUF's quantized tensors take, output or on disk."""
+
+    shape: tuple[int, ...]
+    dtype: DType
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.nbytes_for(self.numel)
+
+
 def values(tensor: Tensor, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
     """The tensor's values in C order, chunk by chunk, read in this thread."""
     for _, job in tensor.chunks(max_bytes):

@@ -6,7 +6,6 @@ operations compose by transforming plans; the writers in `formats/` execute one 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,7 +16,7 @@ import numpy as np
 from .casting import cast
 from .dtypes import DType
 from .errors import UsageError
-from .model import DEFAULT_CHUNK_BYTES, TensorRef
+from .model import DEFAULT_CHUNK_BYTES, SizedByDType, TensorRef
 from .storage import Chunk
 
 # A transform gets a chunk of source values and the index of its first element, and returns the
@@ -26,7 +25,7 @@ Transform = Callable[[np.ndarray, int], np.ndarray]
 
 
 @dataclass(frozen=True)
-class PlanEntry:
+class PlanEntry(SizedByDType):
     """One output tensor: its name, where its values come from, and the dtype it is written in.
 
     A `Tensor` (model.py) like the TensorRef it reads, so that whatever looks at values (the
@@ -43,14 +42,6 @@ class PlanEntry:
     @property
     def shape(self) -> tuple[int, ...]:
         return self.reads.shape
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.dtype.nbytes_for(self.numel)
 
     def renamed(self, name: str) -> PlanEntry:
         return PlanEntry(name, self.reads, self.dtype, self.transform, self.fixed)

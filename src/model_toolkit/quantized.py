@@ -9,14 +9,13 @@ independent of the others, so decoding a few rows at a time gives the values the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
 from .dtypes import DType
-from .model import DEFAULT_CHUNK_BYTES
+from .model import DEFAULT_CHUNK_BYTES, SizedByDType
 from .storage import Chunk, FileSpan
 
 if TYPE_CHECKING:
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class QuantizedRef:
+class QuantizedRef(SizedByDType):
     """One quantized tensor of a GGUF file (the `Tensor` protocol): `shape` is the logical
     shape (torch order, `comfy.gguf.orig_shape` applied), `row` the elements of one stored
     row; `nbytes` what it takes in the file. Its values come out as float32."""
@@ -34,14 +33,6 @@ class QuantizedRef:
     shape: tuple[int, ...]
     storage: FileSpan
     row: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.dtype.nbytes_for(self.numel)
 
     @property
     def row_bytes(self) -> int:
