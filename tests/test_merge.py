@@ -152,3 +152,21 @@ def test_the_compiled_loop_and_numpy_give_the_same_bits(tmp_path, monkeypatch, m
         for model in opened:
             model.close()
     assert np.array_equal(results[0].view(np.uint32), results[1].view(np.uint32))
+
+
+def test_models_no_architecture_matches_are_merged_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    for index in range(2):
+        tensors = {"w": torch.full((4, 4), float(index + 1)), "steps": torch.tensor([index])}
+        save_file(tensors, str(tmp_path / f"{index}.safetensors"))
+    result = run_mtk(
+        "merge",
+        tmp_path / "0.safetensors",
+        tmp_path / "1.safetensors",
+        "-o",
+        tmp_path / "m.safetensors",
+    )
+    assert result.returncode == 0, result.stderr
+    merged = load_file(str(tmp_path / "m.safetensors"))
+    assert torch.equal(merged["w"], torch.full((4, 4), 1.5)) and merged["steps"].item() == 0

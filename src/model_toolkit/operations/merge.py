@@ -7,8 +7,9 @@ Modes, as its merger defines them: weighted sum `A * (1 - alpha) + B * alpha`, a
 may differ per component class (keep A's VAE with `VAE-v1=0`). Arithmetic in float32, then the
 torch-exact cast to the output type (A's, unless a precision is given).
 
-What is merged: A's tensors. A tensor A has and B (or C) lacks is A's; one only B has is left
-out; CLIP position ids and integer tensors are A's. Inputs of different architectures, or with
+What is merged: A's tensors (models no architecture matches are merged by tensor name). A
+tensor A has and B (or C) lacks is A's; one only B has is left out; CLIP position ids and
+integer tensors are A's. Inputs of different architectures, or with
 a shared tensor of another shape, are refused with what differs, except the one case its merger
 handles: an inpainting (or instruct-pix2pix) A with more input channels than B, whose first
 channels are merged and the others kept (how "make an inpainting model" recipes work).
@@ -111,12 +112,13 @@ def merge(
 
 
 def _check_same_architecture(analyses: list[Analysis], names: list[str]) -> None:
+    """One architecture for all, or none identified (then tensors are merged by name)."""
     architectures = [analysis.architecture for analysis in analyses]
-    for analysis, name in zip(analyses, names, strict=True):
-        if analysis.architecture is None:
-            raise UsageError(f"{name}: model type could not be identified; nothing to merge")
     if len(set(architectures)) > 1:
-        said = ", ".join(f"{n} is {arch}" for n, arch in zip(names, architectures, strict=True))
+        said = ", ".join(
+            f"{n} is {arch or 'not identified'}"
+            for n, arch in zip(names, architectures, strict=True)
+        )
         raise UsageError(f"cannot merge models of different architectures: {said}")
 
 
@@ -125,8 +127,9 @@ def _classes_of(analysis: Analysis) -> dict[str, str]:
     registry = load_registry()
     detection = analysis.detection
     resolved = detection.resolved
-    assert resolved is not None
-    result = {}
+    result: dict[str, str] = {}
+    if resolved is None:
+        return result
     for cls, component in detection.components.items():
         keys = allowed_keys(resolved, {cls: [component]}, registry, {cls})
         for name, key in detection.keys.items():
