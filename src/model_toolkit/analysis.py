@@ -76,6 +76,12 @@ class Analysis:
             return self.tensors[name]
         return self.quant.value_of(name, self.tensors)
 
+    def valued(self, entry: Any) -> Any:
+        """A plan entry of one of its tensors, or in its place the value view (`value`) where
+        the tensor's values are not its stored ones."""
+        value = self.value(entry.name)
+        return entry if value is self.tensors[entry.name] else value
+
 
 def misplaced_parts(detection: Detection, registry: Registry) -> dict[str, tuple[str, str]]:
     """Parts of the resolved architecture found under another component's prefix than the one

@@ -90,12 +90,6 @@ class _Totals:
         return self.dot / math.sqrt(self.norm_a * self.norm_b)
 
 
-def _valued(analysis: Any, entry: PlanEntry) -> PlanEntry:
-    """The entry reading the values its tensor means (an fp8-scaled weight times its scale)."""
-    value = analysis.value(entry.name)
-    return entry if value is analysis.tensors[entry.name] else value
-
-
 def _chunks(entry: PlanEntry) -> Any:
     widest = max(entry.dtype.itemsize, entry.reads.dtype.itemsize)
     return values(entry, CHUNK_ELEMENTS * widest)
@@ -152,7 +146,7 @@ def diff_models(model_a: ModelFile, model_b: ModelFile) -> ModelDiff:
             if cls in analysis.components:
                 spot = find_component(analysis.detection, cls, None, side)
                 pairs = [
-                    (key, _valued(analysis, entry))
+                    (key, analysis.valued(entry))
                     for key, entry in component_entries(spot, analysis, entries)
                 ]
                 used.update(entry.name for _, entry in pairs)

@@ -92,7 +92,7 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
             for cls in analysis.components:
                 found = find_component(analysis.detection, cls, None, path.name)
                 pairs = [
-                    (key, _as_entry(analysis.value(e.name), e))
+                    (key, analysis.valued(e))
                     for key, e in component_entries(found, analysis, entries)
                 ]
                 fingerprints[cls] = [found.component.name, content_fingerprint(pairs)]
@@ -301,9 +301,3 @@ def summary_counts(result: ScanResult) -> dict[str, int]:
     for record in result.files.values():
         counts[record["status"]] = counts.get(record["status"], 0) + 1
     return counts
-
-
-def _as_entry(value: Any, entry: Any) -> Any:
-    """A value view (an fp8-scaled weight times its scale) in place of a plan entry, when the
-    analysis has one; the entry itself otherwise."""
-    return entry if value is entry.reads else value

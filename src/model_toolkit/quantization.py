@@ -64,10 +64,9 @@ class QuantView:
                 found.add(detection.keys[marker])
         return found
 
-    def value_of(self, weight: str, tensors: Mapping[str, Any]) -> Any:
-        """An fp8 weight with one scale as float32 values times the scale (a Tensor); any other
-        quantized weight as it is stored (its format is not decoded here)."""
-        ref = tensors[weight]
+    def scale_of(self, weight: str, tensors: Mapping[str, Any]) -> float | None:
+        """The one scale of an fp8 weight (`.scale_weight` or `.weight_scale`, a scalar), read;
+        None for any other layer (blockwise scales, nvfp4, NF4: not decoded here)."""
         scale = next(
             (
                 tensors[c]
@@ -77,15 +76,23 @@ class QuantView:
             None,
         )
         if scale is None or scale.numel != 1 or not self.layers[weight].startswith("fp8"):
-            return ref
+            return None
+        from .model import read_all
+
+        return float(read_all(scale).reshape(-1)[0])
+
+    def value_of(self, weight: str, tensors: Mapping[str, Any]) -> Any:
+        """An fp8 weight with one scale as float32 values times the scale (a Tensor); any other
+        quantized weight as it is stored."""
+        factor = self.scale_of(weight, tensors)
+        if factor is None:
+            return tensors[weight]
         from functools import partial
 
         from .dtypes import DTYPES
-        from .model import read_all
         from .plan import PlanEntry
 
-        factor = float(read_all(scale).reshape(-1)[0])
-        return PlanEntry(weight, ref, DTYPES["F32"], partial(_times, factor))
+        return PlanEntry(weight, tensors[weight], DTYPES["F32"], partial(times, factor))
 
     def keeps_dtype(self, name: str) -> bool:
         """Companions and markers are never cast (an fp32 scale in bf16 is another scale)."""
@@ -99,7 +106,9 @@ class QuantView:
         return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
-def _times(factor: float, chunk: Any, start: int) -> Any:
+def times(factor: float, chunk: Any, start: int) -> Any:
+    """A plan transform: the values in float32, times a weight's scale (ComfyUI's
+    `w.float() * scale`)."""
     import numpy as np
 
     return chunk.astype(np.float32) * np.float32(factor)

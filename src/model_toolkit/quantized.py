@@ -101,16 +101,3 @@ try:  # the optional compiled loops (_kernels.c)
     from . import _kernels
 except ImportError:  # pragma: no cover - built wherever a C compiler is found
     _kernels = None  # type: ignore[assignment]
-
-
-def can_quantize(gguf_type: int) -> bool:
-    """Whether the gguf package quantizes this type in numpy (Q8_0, Q5_x, Q4_0/1, F16, BF16,
-    ...; not the K-quants, which need llama.cpp)."""
-    import numpy as np
-    from gguf import GGMLQuantizationType, quants
-
-    try:
-        quants.quantize(np.zeros((1, 256), np.float32), GGMLQuantizationType(gguf_type))
-    except (NotImplementedError, quants.QuantError, ValueError):
-        return False
-    return True

@@ -18,8 +18,9 @@ from ..architectures.locate import Found, component_names
 from ..architectures.registry import Architecture, Component, load_registry
 from ..dtypes import DTYPES, PRECISIONS, DType, auto_precision, float_bytes, target_dtype
 from ..errors import UsageError
-from ..model import Source, TensorRef, read_all, values
+from ..model import Source, TensorRef, values
 from ..plan import PlanEntry
+from ..quantization import times
 from ..version import __version__
 
 HISTORY_KEY = "modeltoolkit.history"
@@ -83,11 +84,6 @@ def dequantized(
     quant = analysis.quant
     if quant is None or precision is None or precision.narrow_only:
         return entries
-    scales = {
-        weight: companion
-        for companion, weight in quant.companions.items()
-        if companion.endswith((".scale_weight", ".weight_scale"))
-    }
     planned = []
     for entry in entries:
         source = entry.name
@@ -97,14 +93,13 @@ def dequantized(
         if form is None:
             planned.append(entry)
             continue
-        scale_ref = analysis.tensors.get(scales.get(source, ""))
-        if not form.startswith("fp8") or scale_ref is None or scale_ref.numel != 1:
+        scale = quant.scale_of(source, analysis.tensors)
+        if scale is None:
             raise UsageError(
                 f"{source_name_of(analysis)}: {form} layers ({source}) cannot be converted to "
                 f"{precision.name}; keep their precision (--precision keep)"
             )
-        scale = float(read_all(scale_ref).reshape(-1)[0])
-        planned.append(PlanEntry(entry.name, entry.reads, precision, partial(_scaled, scale)))
+        planned.append(PlanEntry(entry.name, entry.reads, precision, partial(times, scale)))
     return planned
 
 
@@ -119,13 +114,13 @@ def dequantized_pairs(
 FP8_MAX = 448.0  # float8 e4m3fn's largest value
 
 
-def scaled_to_fp8(entries: list[PlanEntry], analysis: Analysis) -> tuple[list[PlanEntry], bool]:
+def scaled_to_fp8(entries: list[PlanEntry], analysis: Analysis) -> list[PlanEntry]:
     """ComfyUI's fp8_scaled: each Linear weight (a 2-D `.weight` of the diffusion model, or of
     a component file; embeddings and the like in registry `quantization.unscaled` excepted)
     divided by its scale, amax / 448 in float32, and stored as fp8 e4m3fn with the scale beside
     it (`.scale_weight`), the marker `scaled_fp8` (an empty fp8 tensor) at its prefix; every
     other float in the model's 16-bit type. Finding amax reads each weight once before the
-    write (two passes, one chunk at a time). Whether any weight was scaled."""
+    write (two passes, one chunk at a time)."""
     registry = load_registry()
     skip = tuple(registry.quantization.get("unscaled", ()))
     arch = registry.architectures.get(analysis.architecture or "")
@@ -166,16 +161,12 @@ def scaled_to_fp8(entries: list[PlanEntry], analysis: Analysis) -> tuple[list[Pl
     if scaled:
         marker = TensorRef.zeros(prefix + "scaled_fp8", (0,), fp8)
         planned.append(PlanEntry(marker.name, marker, fp8, fixed=True))
-    return planned, scaled
+    return planned
 
 
 def _divided(scale: float, floats: PlanEntry, chunk: np.ndarray, start: int) -> np.ndarray:
     values_ = floats._convert(chunk, start)  # the source's values as float32, transforms run
     return values_ / np.float32(scale)
-
-
-def _scaled(scale: float, chunk: np.ndarray, start: int) -> np.ndarray:
-    return chunk.astype(np.float32) * np.float32(scale)
 
 
 def source_name_of(analysis: Analysis) -> str:

@@ -16,7 +16,7 @@ def convert(source: Source, precision: DType | None = None) -> Plan:
     analysis = analyze(source, None)
     entries = dequantized(list(entries_of(source, analysis).values()), analysis, precision)
     if precision is not None and precision.scaled:
-        planned, _ = scaled_to_fp8(entries, analysis)
+        planned = scaled_to_fp8(entries, analysis)
     else:
         planned = [entry.cast_to(target_dtype(entry.dtype, precision)) for entry in entries]
     return Plan(planned, dict(source.metadata), source.origin)

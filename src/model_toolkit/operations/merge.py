@@ -33,8 +33,9 @@ from ..architectures.locate import POSITION_IDS, check_class
 from ..architectures.registry import load_registry
 from ..dtypes import DTYPES, DType, target_dtype
 from ..errors import UsageError
-from ..model import Source, Tensor, read_all
+from ..model import Source, Tensor, TensorRef, read_all
 from ..plan import Plan, PlanEntry
+from ..storage import FileSpan, InMemory, Zeros
 from .common import record, source_name
 
 MODES = {
@@ -152,21 +153,19 @@ class _Ranged:
         self.tensor = tensor
         self.whole: np.ndarray | None = None
         self.lock = threading.Lock()
-
-    def read(self, start: int, count: int) -> np.ndarray:
-        """The values [start, start + count), in the tensor's own type where they are read in
-        place (float16, bfloat16, ...), else as float32."""
-        from ..model import TensorRef
-        from ..storage import FileSpan, InMemory, Zeros
-
-        tensor = self.tensor
-        direct = (
+        # Where its bytes can be read by range: decided once, not at every chunk.
+        self.direct = (
             isinstance(tensor, TensorRef)
             and tensor.is_contiguous
             and not tensor.big_endian
             and isinstance(tensor.storage, FileSpan | InMemory | Zeros)
         )
-        if direct:
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """The values [start, start + count), in the tensor's own type where they are read in
+        place (float16, bfloat16, ...), else as float32."""
+        tensor = self.tensor
+        if self.direct:
             assert isinstance(tensor, TensorRef)
             size = tensor.dtype.itemsize
             offset = (tensor.storage_offset + start) * size
@@ -245,8 +244,6 @@ def _merged_leading_channels(
         lead = lead + (others[0] - others[1]) * w
     out = a.copy()
     out[:, :width] = lead
-    from ..model import TensorRef
-
     ref = TensorRef.from_array(name, out, F32)
     return PlanEntry(name, ref, F32).cast_to(dtype)
 

@@ -83,7 +83,7 @@ def prune(
         for entry in chosen
     ]
     if scaled:  # the kept tensors, then fp8 with a scale per Linear weight
-        planned, _ = scaled_to_fp8(planned, analysis)
+        planned = scaled_to_fp8(planned, analysis)
     operation = {
         "op": "prune",
         "architecture": arch,
