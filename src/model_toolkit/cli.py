@@ -433,6 +433,52 @@ def merge(
         _write(plan, target, models, overwrite, as_json, models[0].stat().st_size, False)
 
 
+lora_app = typer.Typer(
+    help="Apply LoRAs to a model; extract, resize and convert them.", no_args_is_help=True
+)
+app.add_typer(lora_app, name="lora")
+
+
+def _lora_and_strength(text: str) -> tuple[Path, float]:
+    """LORA[:WEIGHT]; a path whose last colon is not followed by a number is a path."""
+    path, sep, weight = text.rpartition(":")
+    if sep:
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
+@lora_app.command("apply")
+def lora_apply(
+    model: Annotated[Path, typer.Argument(help="The model the LoRAs are merged into.")],
+    loras: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="LORA[:WEIGHT]...", help="LoRA files, each with its strength (default 1)."
+        ),
+    ],
+    output: OutputOption = None,
+    precision: PrecisionOption = "keep",
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Merge LoRA, LoCon, LoHa, LoKr and DoRA files into a model, streamed."""
+    from . import operations
+
+    dtype = precision_dtype(precision)
+    given = [_lora_and_strength(item) for item in loras]
+    with ExitStack() as stack:
+        opened = stack.enter_context(open_model(model))
+        pairs = [(stack.enter_context(open_model(path)), weight) for path, weight in given]
+        plan = operations.lora_apply(opened, pairs, precision=dtype)
+        stem = output_stem("lora", stem_of(model.name))
+        target = output or free_name(model.parent, stem, ".safetensors")
+        inputs = [model, *(path for path, _ in given)]
+        _write(plan, target, inputs, overwrite, as_json, model.stat().st_size, False)
+
+
 @app.command()
 def build(
     arch: Annotated[str, typer.Argument(metavar="ARCH", help="SD-v1, SD-v2, SD-XL, ...")],
@@ -836,8 +882,9 @@ def main() -> None:
     input is a ModelToolkitError and ends here, never as a traceback.
     """
     # numpy's OpenBLAS starts a thread per core at import, and they spin before they sleep:
-    # on 2 cores that takes one from the metric's workers (~10% of its pass). mtk does no
-    # matrix work (diff's dot products are of vectors, bound by memory); a user's setting wins.
+    # on 2 cores that takes one from the metric's workers (~10% of its pass). Matrix work
+    # (lora apply's products, extract's SVDs) runs one layer per worker thread instead; a
+    # user's setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         app()

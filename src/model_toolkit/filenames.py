@@ -73,14 +73,19 @@ def component_suffix(cls: str) -> str:
 def output_stem(operation: str, stem: str, cls: str | None = None) -> str:
     """The name (without extension) an operation's output gets unless told: `model-pruned`,
     `model.vae` (extract), `model-new-vae` (replace), `SD-v1-built` (the web UI's build),
-    `model-merged` (A's name). One
-    table for the CLI and the web UI."""
+    `model-merged` (A's name), `model-lora` (lora apply), `tuned-lora-r32` (lora extract, with
+    its rank), `lora-r16` (lora resize), `lora-kohya` (lora convert). One table for the CLI and
+    the web UI."""
     if operation == "prune":
         return f"{stem}-pruned"
     if operation == "build":
         return f"{stem}-built"
     if operation == "merge":
         return f"{stem}-merged"
+    if operation == "lora":
+        return f"{stem}-lora"
+    if operation in ("lora-extract", "lora-resize", "lora-convert"):
+        return f"{stem}-{cls}"  # what was made: the rank (r32) or the format (kohya)
     if cls is None:
         raise ValueError(f"{operation} names its output after a class")
     if operation == "extract":

@@ -125,13 +125,30 @@ def name_hints(analysis: Analysis) -> list[Hint]:
 def base_hints(analysis: Analysis) -> list[Hint]:
     """Other bases whose adapters have exactly the keys this file has: a text-encoder LoRA of
     CLIP-L alone is an SD-XL, Flux.1 or SD3 LoRA, and only its trainer knows which."""
+    found = alike_bases(analysis)
+    if len(found) < 2:
+        return []
+    bases = list(dict.fromkeys(base for base, _ in found))
+    value = ", ".join(bases[:-1]) + " or " + bases[-1]
+    evidence = f"the same keys fit {', '.join(arch for _, arch in found)}; keys cannot tell"
+    return [Hint("base model", value, evidence)]
+
+
+def alike_bases(analysis: Analysis) -> list[tuple[str, str]]:
+    """(base, adapter architecture) for the resolved adapter and every other one with
+    exactly its keys, the resolved first; empty for a file that is no adapter."""
     from .architectures.detect import allowed_keys, resolve_class
     from .architectures.registry import load_registry
 
     detection = analysis.detection
-    if detection.resolved is None or len(detection.found) < 2:
+    if detection.resolved is None:
         return []
     registry = load_registry()
+    base = registry.architectures[detection.resolved].base
+    if base is None:
+        return []
+    if len(detection.found) < 2:
+        return [(base, detection.resolved)]
 
     def explained(arch: str) -> set[str]:
         chosen = {
@@ -141,23 +158,15 @@ def base_hints(analysis: Analysis) -> list[Hint]:
         keys = allowed_keys(arch, chosen, registry)
         return {name for name, key in detection.keys.items() if key in keys}
 
-    base = registry.architectures[detection.resolved].base
-    if base is None:
-        return []
     mine = explained(detection.resolved)
     alike = [
-        arch
+        (registry.architectures[arch].base or "", arch)
         for arch in detection.found
         if arch != detection.resolved
         and registry.architectures[arch].base not in (None, base)
         and explained(arch) == mine
     ]
-    if not alike:
-        return []
-    bases = list(dict.fromkeys([base] + [registry.architectures[a].base or "" for a in alike]))
-    value = ", ".join(bases[:-1]) + " or " + bases[-1]
-    evidence = f"the same keys fit {', '.join([detection.resolved] + alike)}; keys cannot tell"
-    return [Hint("base model", value, evidence)]
+    return [(base, detection.resolved), *alike]
 
 
 def config_hints(analysis: Analysis, metadata: dict[str, Any]) -> list[Hint]:

@@ -163,6 +163,10 @@ class Registry:
     # Quantized layers in safetensors files: companions, markers, weight spellings
     # (quantization.py).
     quantization: dict[str, Any] = field(default_factory=dict)
+    # How LoRA trainers name a component's layers (lora/names.py): the prefix of each role,
+    # which classes are text encoders of which role, and per component the rules that turn
+    # its names into the other layout's (SD into diffusers, BFL's fused qkv into to_q/k/v).
+    lora_names: dict[str, Any] = field(default_factory=dict)
 
     @property
     def renames(self) -> bool:
@@ -251,6 +255,7 @@ def load_registry() -> Registry:
         {a: tuple(k) for a, k in raw.get("gguf", {}).get("high_precision", {}).items()},
         frozenset(raw.get("gguf", {}).get("reshape", [])),
         dict(raw.get("quantization", {})),
+        dict(raw.get("lora_names", {})),
     )
 
 

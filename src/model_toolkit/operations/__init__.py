@@ -4,8 +4,18 @@ from .build import build
 from .convert import convert
 from .edit_metadata import edit_metadata
 from .extract import extract
+from .lora_apply import lora_apply
 from .merge import merge
 from .prune import prune
 from .replace import replace
 
-__all__ = ["build", "convert", "edit_metadata", "extract", "merge", "prune", "replace"]
+__all__ = [
+    "build",
+    "convert",
+    "edit_metadata",
+    "extract",
+    "lora_apply",
+    "merge",
+    "prune",
+    "replace",
+]

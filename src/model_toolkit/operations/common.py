@@ -18,7 +18,7 @@ from ..architectures.locate import Found, component_names
 from ..architectures.registry import Architecture, Component, load_registry
 from ..dtypes import DTYPES, PRECISIONS, DType, auto_precision, float_bytes, target_dtype
 from ..errors import UsageError
-from ..model import Source, TensorRef, values
+from ..model import Source, Tensor, TensorRef, values
 from ..plan import PlanEntry
 from ..quantization import times
 from ..version import __version__
@@ -167,6 +167,36 @@ def scaled_to_fp8(entries: list[PlanEntry], analysis: Analysis) -> list[PlanEntr
 def _divided(scale: float, floats: PlanEntry, chunk: np.ndarray, start: int) -> np.ndarray:
     values_ = floats._convert(chunk, start)  # the source's values as float32, transforms run
     return values_ / np.float32(scale)
+
+
+def valued_tensors(analysis: Analysis, precision: DType | None) -> list[tuple[str, Tensor, DType]]:
+    """Each tensor of a model that an arithmetic operation (merge, lora apply) reads: its
+    name, its values as meant (an fp8-scaled weight times its scale, a GGUF block decoded),
+    and the type it is written in (its own, or `precision`; float32 for a block-quantized
+    one). Quantized companions go with the quantization; a quantized model needs an explicit
+    float precision, refused in one line without it."""
+    quantized = analysis.quant is not None or any(
+        t.dtype.quantized for t in analysis.tensors.values()
+    )
+    if quantized and (precision is None or precision.narrow_only):
+        raise UsageError(
+            f"{source_name_of(analysis)} is quantized: this needs --precision bf16, fp16 or fp32"
+        )
+    quant = analysis.quant
+    skipped = set(quant.companions) | set(quant.markers) if quant else set()
+    result = []
+    for name, ref in analysis.tensors.items():
+        if name in skipped:
+            continue
+        dtype = ref.dtype if precision is None else target_dtype(ref.dtype, precision)
+        result.append((name, analysis.value(name), DTYPES["F32"] if dtype.quantized else dtype))
+    return result
+
+
+def copied(value: Tensor, dtype: DType) -> PlanEntry:
+    """A tensor written as it is, floats cast to `dtype`."""
+    entry = PlanEntry(value.name, value, value.dtype)  # type: ignore[arg-type]
+    return entry.cast_to(dtype) if value.dtype.is_float else entry
 
 
 def source_name_of(analysis: Analysis) -> str:

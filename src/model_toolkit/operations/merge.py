@@ -31,12 +31,12 @@ from ..analysis import Analysis, analyze
 from ..architectures.detect import allowed_keys
 from ..architectures.locate import POSITION_IDS, check_class
 from ..architectures.registry import load_registry
-from ..dtypes import DTYPES, DType, target_dtype
+from ..dtypes import DTYPES, DType
 from ..errors import UsageError
 from ..model import Source, Tensor, TensorRef, read_all
 from ..plan import Plan, PlanEntry
 from ..storage import FileSpan, InMemory, Zeros
-from .common import record, source_name
+from .common import copied, record, source_name, valued_tensors
 
 MODES = {
     "weighted-sum": "Weighted sum",
@@ -67,28 +67,16 @@ def merge(
     analyses = [analyze(source, None) for source in given]
     names = [source_name(source) for source in given]
     _check_same_architecture(analyses, names)
-    for analysis, name in zip(analyses, names, strict=True):
-        quantized = analysis.quant is not None or any(
-            t.dtype.quantized for t in analysis.tensors.values()
-        )
-        if quantized and (precision is None or precision.narrow_only):
-            raise UsageError(
-                f"{name} is quantized: merging it needs --precision bf16, fp16 or fp32"
-            )
     per_class = dict(alphas or {})
     for cls in per_class:
         check_class(cls)
+    for analysis in analyses[1:]:
+        valued_tensors(analysis, precision)  # a quantized B or C is refused as A is
     classes = _classes_of(analyses[0])
     first, others = analyses[0], analyses[1:]
-    skipped = set(first.quant.companions) | set(first.quant.markers) if first.quant else set()
     planned = []
-    for name, ref in first.tensors.items():
-        if name in skipped:
-            continue
-        dtype = ref.dtype if precision is None else target_dtype(ref.dtype, precision)
-        if dtype.quantized:
-            dtype = DTYPES["F32"]
-        value = first.value(name)
+    for name, value, dtype in valued_tensors(first, precision):
+        ref = first.tensors[name]
         sides = [other.value(name) if name in other.tensors else None for other in others]
         weight = per_class.get(classes.get(name, ""), alpha)
         mergeable = (
@@ -98,7 +86,7 @@ def merge(
             and all(side is not None for side in sides)
         )
         if not mergeable or weight == 0:
-            planned.append(_copied(name, value, dtype))
+            planned.append(copied(value, dtype))
             continue
         shapes = [tuple(side.shape) for side in sides]  # type: ignore[union-attr]
         if any(shape != tuple(ref.shape) for shape in shapes):
@@ -137,11 +125,6 @@ def _classes_of(analysis: Analysis) -> dict[str, str]:
             if key in keys:
                 result.setdefault(name, cls)
     return result
-
-
-def _copied(name: str, value: Tensor, dtype: DType) -> PlanEntry:
-    entry = PlanEntry(name, value, value.dtype)  # type: ignore[arg-type]
-    return entry.cast_to(dtype) if value.dtype.is_float else entry
 
 
 class _Ranged:
