@@ -479,6 +479,102 @@ def lora_apply(
         _write(plan, target, inputs, overwrite, as_json, model.stat().st_size, False)
 
 
+def _dynamic(option: list[str] | None) -> tuple[str, float] | None:
+    """--dynamic METHOD VALUE."""
+    if not option:
+        return None
+    method, value = option
+    try:
+        return method, float(value)
+    except ValueError:
+        raise ModelToolkitError(f"--dynamic {method} {value!r}: write a number") from None
+
+
+DynamicOption = Annotated[
+    tuple[str, str] | None,
+    typer.Option(
+        metavar="METHOD VALUE",
+        help="Choose each layer's rank, up to --rank: sv-ratio R, sv-fro F or sv-cumulative C.",
+    ),
+]
+
+
+@lora_app.command("extract")
+def lora_extract(
+    tuned: Annotated[Path, typer.Argument(help="The fine-tuned model.")],
+    base: Annotated[Path, typer.Argument(help="The model it was tuned from.")],
+    rank: Annotated[
+        int, typer.Option(help="The rank of linear layers (the most, with --dynamic).")
+    ] = 32,
+    conv_rank: Annotated[
+        int | None, typer.Option(help="Also extract 3x3 convolutions, at this rank.")
+    ] = None,
+    dynamic: DynamicOption = None,
+    min_diff: Annotated[
+        float, typer.Option(help="Leave out layers that differ by no more than this.")
+    ] = 0.0,
+    output: OutputOption = None,
+    precision: PrecisionOption = "keep",
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Extract a LoRA (sd-scripts' format) from a fine-tuned model and its base: one SVD per
+    layer, one layer in memory at a time."""
+    from . import operations
+
+    dtype = precision_dtype(precision)
+    with open_model(tuned) as a, open_model(base) as b:
+        plan, timing = operations.lora_extract(
+            a, b, rank, conv_rank, _dynamic(dynamic), dtype, min_diff
+        )
+        stem = output_stem("lora-extract", stem_of(tuned.name), f"lora-r{rank}")
+        target = output or free_name(tuned.parent, stem, ".safetensors")
+        _write(plan, target, [tuned, base], overwrite, as_json, tuned.stat().st_size, False)
+        echo(timing.text(), err=True)
+
+
+@lora_app.command("resize")
+def lora_resize(
+    lora: Annotated[Path, typer.Argument(help="The LoRA.")],
+    rank: Annotated[int, typer.Option(help="The new rank (the most, with --dynamic).")],
+    dynamic: DynamicOption = None,
+    output: OutputOption = None,
+    precision: PrecisionOption = "keep",
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Give a LoRA another rank: each layer factored again by SVD."""
+    from . import operations
+
+    dtype = precision_dtype(precision)
+    with open_model(lora) as opened:
+        plan, timing = operations.lora_resize(opened, rank, _dynamic(dynamic), dtype)
+        stem = output_stem("lora-resize", stem_of(lora.name), f"r{rank}")
+        target = output or free_name(lora.parent, stem, ".safetensors")
+        _write(plan, target, [lora], overwrite, as_json, lora.stat().st_size, False)
+        echo(timing.text(), err=True)
+
+
+@lora_app.command("convert")
+def lora_convert(
+    lora: Annotated[Path, typer.Argument(help="The LoRA.")],
+    to: Annotated[str, typer.Option(help="kohya (sd-scripts), diffusers or peft.")],
+    output: OutputOption = None,
+    precision: PrecisionOption = "keep",
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a LoRA in another trainer's names, exactly (fused layers split or joined)."""
+    from . import operations
+
+    dtype = precision_dtype(precision)
+    with open_model(lora) as opened:
+        plan = operations.lora_convert(opened, to, dtype)
+        stem = output_stem("lora-convert", stem_of(lora.name), to)
+        target = output or free_name(lora.parent, stem, ".safetensors")
+        _write(plan, target, [lora], overwrite, as_json, lora.stat().st_size, False)
+
+
 @app.command()
 def build(
     arch: Annotated[str, typer.Argument(metavar="ARCH", help="SD-v1, SD-v2, SD-XL, ...")],

@@ -88,6 +88,8 @@ def convert_values(values: np.ndarray, target: DType) -> np.ndarray:
     """Floats are cast as torch casts them; anything else is converted by numpy's rules."""
     if values.dtype == target.numpy:
         return values
+    if values.ndim != 1:  # the casts work on runs of values
+        return convert_values(values.reshape(-1), target).reshape(values.shape)
     if target.is_float and (values.dtype.kind == "f" or values.dtype.name in _ML_FLOATS):
         return cast(values, target)
     return values.astype(target.numpy)

@@ -83,17 +83,21 @@ def model_parts(analysis: Analysis) -> list[Part]:
 
 def reference_parts(architecture: str) -> list[Part]:
     """An architecture's components as the registry lists them, for a LoRA without its model
-    (convert): keys as file names, free sizes as they are."""
+    (convert): keys as file names. Per class the member with naming rules the registry
+    prefers (SDXL's UNET, not its inpainting variant); else its preferred member."""
+    from ..architectures.detect import resolve_class
+
     registry = load_registry()
     arch = registry.architectures[architecture]
     parts = []
     for cls in arch.all_classes:
-        members = sorted(c.name for c in registry.components.values() if c.cls == cls)
-        chosen = arch.only.get(cls, members) if arch.only else members
-        named = [m for m in chosen if m in registry.lora_names.get("names", {})]
-        if not (named or chosen):
+        members = [c.name for c in registry.components.values() if c.cls == cls]
+        members = [m for m in members if arch.allows(cls, m) and not registry.components[m].subset]
+        named = [m for m in members if m in registry.lora_names.get("names", {})]
+        chosen = resolve_class(named or members, registry)
+        if not chosen:
             continue
-        component = registry.components[(named or list(chosen))[0]]
+        component = registry.components[chosen[0]]
         tensors = tuple((key, key, tuple(shape)) for key, shape in component.keys)
         parts.append(Part(component.name, cls, tensors))
     return parts
@@ -122,10 +126,71 @@ def _diffusion_classes() -> frozenset[str]:
 def layers(parts: Iterable[Part]) -> list[Layer]:
     """Every layer of the parts under each of its names: its own path and, where the
     component has rules, the other layout's (or several, splitting its rows)."""
+    return [layer for group in _grouped(parts) for layer in group[1]]
+
+
+STYLES = ("kohya", "diffusers", "peft")
+
+
+def written_layers(parts: Iterable[Part], style: str) -> list[tuple[str, Layer]]:
+    """(module name, layer) for each layer as a trainer of `style` writes it: sd-scripts
+    (`lora_unet_` + the path flattened, in the layout registry `kohya_named` says), diffusers
+    (`unet.`/`transformer.`, `text_encoder.`... + diffusers' path), PEFT (`base_model.model.`
+    + diffusers' path; the diffusion model alone)."""
     data = load_registry().lora_names
-    result: list[Layer] = []
+    parts = list(parts)
+    encoders = [r for r in ("clip", "clip2", "t5", "llm") if any(_role(p) == r for p in parts)]
+    result = []
+    for part, group in _grouped(parts):
+        rule_sets = data["names"].get(part.component, [])
+        other = bool(rule_sets) and (
+            style != "kohya" or any(n in data["kohya_named"] for n in rule_sets)
+        )
+        role = _role(part)
+        if role is None or not group or (role != "unet" and style == "peft"):
+            continue  # a PEFT file holds one model: the diffusion model
+        prefix = _written_prefix(style, role, encoders, part.cls)
+        chosen = [layer for layer in group if layer.renamed == other]
+        renamed_from = {piece.weight for layer in chosen for piece in layer.pieces}
+        chosen += [  # layers the rules leave as they are
+            layer
+            for layer in group
+            if other and not layer.renamed and layer.pieces[0].weight not in renamed_from
+        ]
+        for layer in chosen:
+            name = layer.path.replace(".", "_") if style == "kohya" else layer.path
+            result.append((prefix + name, layer))
+    return result
+
+
+def _written_prefix(style: str, role: str, encoders: list[str], cls: str) -> str:
+    """sd-scripts numbers text encoders when there are several (`lora_te1_`, `lora_te2_`),
+    diffusers from the second (`text_encoder_2.`); its UNETs are `unet.`, the rest
+    `transformer.`."""
+    if role == "unet":
+        unets = load_registry().lora_names.get("diffusers_unet", [])
+        return {
+            "kohya": "lora_unet_",
+            "diffusers": "unet." if cls in unets else "transformer.",
+            "peft": "base_model.model.",
+        }[style]
+    n = encoders.index(role) + 1
+    if style == "kohya":
+        return "lora_te_" if len(encoders) == 1 else f"lora_te{n}_"
+    return "text_encoder." if n == 1 else f"text_encoder_{n}."
+
+
+def _role(part: Part) -> str | None:
+    return part.role or role_of(part.cls)
+
+
+def _grouped(parts: Iterable[Part]) -> list[tuple[Part, list[Layer]]]:
+    data = load_registry().lora_names
+    grouped: list[tuple[Part, list[Layer]]] = []
     for part in parts:
-        role = part.role or role_of(part.cls)
+        result: list[Layer] = []
+        grouped.append((part, result))
+        role = _role(part)
         if role is None:
             continue
         rules = [rule for name in data["names"].get(part.component, []) for rule in _rules(name)]
@@ -140,7 +205,7 @@ def layers(parts: Iterable[Part]) -> list[Layer]:
             result.append(Layer(path, role, (own,), row_shape, False))
             if rules:
                 result.extend(_renamed(path, role, own, row_shape, rules))
-    return result
+    return grouped
 
 
 def _layer_path(key: str) -> str | None:

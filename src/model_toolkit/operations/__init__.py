@@ -5,6 +5,8 @@ from .convert import convert
 from .edit_metadata import edit_metadata
 from .extract import extract
 from .lora_apply import lora_apply
+from .lora_convert import lora_convert
+from .lora_extract import lora_extract, lora_resize
 from .merge import merge
 from .prune import prune
 from .replace import replace
@@ -15,6 +17,9 @@ __all__ = [
     "edit_metadata",
     "extract",
     "lora_apply",
+    "lora_convert",
+    "lora_extract",
+    "lora_resize",
     "merge",
     "prune",
     "replace",
