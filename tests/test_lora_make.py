@@ -255,3 +255,20 @@ def test_resize_and_extract_refuse_what_they_cannot_make(tmp_path):
     result = run_mtk("lora", "extract", same, same, "--dynamic", "sv-fro", "2")
     assert result.returncode == 2 and "needs a value in (0, 1]" in result.stderr
     assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_the_randomized_svd_is_as_close_as_the_full_one():
+    """A decaying spectrum with noise, as a fine-tune's change has: the randomized factors'
+    error is the full SVD's (torch's), to a thousandth."""
+    from model_toolkit.lora.svd import factorize
+
+    rng = np.random.default_rng(3)
+    decay = np.exp(-np.arange(96) / 12)[:, None]
+    change = rng.standard_normal((900, 96)) @ (rng.standard_normal((96, 640)) * decay)
+    change = (change + 0.01 * rng.standard_normal((900, 640))).astype(np.float32)
+    fast, full = factorize(change, 16, None), factorize(change, 16, None, exact=True)
+    s = torch.linalg.svdvals(torch.from_numpy(change))
+    best = float(s[16:].norm())
+    assert np.linalg.norm(full.up @ full.down - change) == pytest.approx(best, rel=1e-4)
+    assert np.linalg.norm(fast.up @ fast.down - change) <= best * 1.001
+    assert fast.down.shape == (16, 640) and fast.kept == pytest.approx(full.kept, rel=1e-4)

@@ -513,6 +513,9 @@ def lora_extract(
     min_diff: Annotated[
         float, typer.Option(help="Leave out layers that differ by no more than this.")
     ] = 0.0,
+    exact: Annotated[
+        bool, typer.Option(help="The full SVD of every layer (slower; the same top factors).")
+    ] = False,
     output: OutputOption = None,
     precision: PrecisionOption = "keep",
     overwrite: OverwriteOption = False,
@@ -525,7 +528,7 @@ def lora_extract(
     dtype = precision_dtype(precision)
     with open_model(tuned) as a, open_model(base) as b:
         plan, timing = operations.lora_extract(
-            a, b, rank, conv_rank, _dynamic(dynamic), dtype, min_diff
+            a, b, rank, conv_rank, _dynamic(dynamic), dtype, min_diff, exact
         )
         stem = output_stem("lora-extract", stem_of(tuned.name), f"lora-r{rank}")
         target = output or free_name(tuned.parent, stem, ".safetensors")

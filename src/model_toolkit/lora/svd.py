@@ -52,10 +52,32 @@ def rank_of(s: np.ndarray, rank: int, dynamic: tuple[str, float] | None) -> int:
     return max(1, min(most, kept))
 
 
-def factorize(change: np.ndarray, rank: int, dynamic: tuple[str, float] | None) -> Factors:
-    """The rank-r factors of a [rows, cols] float32 change closest to it (its SVD)."""
-    u, s, vh = np.linalg.svd(change, full_matrices=False)
-    return _kept(u, s, vh, rank, dynamic)
+POWER_ITERATIONS = 4
+
+
+def factorize(
+    change: np.ndarray, rank: int, dynamic: tuple[str, float] | None, exact: bool = False
+) -> Factors:
+    """The rank-r factors of a [rows, cols] float32 change closest to it.
+
+    A dynamic rank needs every singular value: the full SVD (LAPACK's gesdd, as sd-scripts'
+    torch.linalg.svd). A fixed rank well below the layer's size needs only the top ones: the
+    randomized range finder with subspace iteration (Halko, Martinsson and Tropp 2011,
+    algorithm 4.4), r extra directions and 4 iterations, then the SVD of the small projection:
+    10x less work on SDXL's layers, the same factors to within the change's own tail (tested
+    against torch's SVD); `exact` asks for the full SVD anyway."""
+    total = float(np.sum(change.astype(np.float64) ** 2))
+    width = min(rank + max(rank, 8), *change.shape)
+    if exact or dynamic is not None or 2 * width > min(change.shape):
+        u, s, vh = np.linalg.svd(change, full_matrices=False)
+        return _kept(u, s, vh, rank, dynamic, total)
+    probe = np.random.default_rng(0).standard_normal((change.shape[1], width), np.float32)
+    q, _ = np.linalg.qr(change @ probe)
+    for _ in range(POWER_ITERATIONS):  # orthonormalised each way: float32 keeps its digits
+        z, _ = np.linalg.qr(change.T @ q)
+        q, _ = np.linalg.qr(change @ z)
+    u, s, vh = np.linalg.svd(q.T @ change, full_matrices=False)
+    return _kept(q @ u, s, vh, rank, None, total)
 
 
 def refactorize(
@@ -66,14 +88,20 @@ def refactorize(
     q_up, r_up = np.linalg.qr(up)
     q_down, r_down = np.linalg.qr(down.T)
     u, s, vh = np.linalg.svd(r_up @ r_down.T, full_matrices=False)
-    return _kept(q_up @ u, s, vh @ q_down.T, rank, dynamic)
+    total = float(np.sum(s.astype(np.float64) ** 2))
+    return _kept(q_up @ u, s, vh @ q_down.T, rank, dynamic, total)
 
 
 def _kept(
-    u: np.ndarray, s: np.ndarray, vh: np.ndarray, rank: int, dynamic: tuple[str, float] | None
+    u: np.ndarray,
+    s: np.ndarray,
+    vh: np.ndarray,
+    rank: int,
+    dynamic: tuple[str, float] | None,
+    total: float,
 ) -> Factors:
+    """The first r of the SVD, and the share of the change's norm (`total`: its square) kept."""
     r = rank_of(s, rank, dynamic)
-    total = float(np.sum(s.astype(np.float64) ** 2))
     kept = float(np.sqrt(np.sum(s[:r].astype(np.float64) ** 2) / total)) if total else 1.0
     up = (u[:, :r] * s[:r]).astype(np.float32)
     return Factors(np.ascontiguousarray(up), np.ascontiguousarray(vh[:r], np.float32), kept)

@@ -80,8 +80,10 @@ def lora_extract(
     dynamic: tuple[str, float] | None = None,
     precision: DType | None = None,
     min_diff: float = 0.0,
+    exact: bool = False,
 ) -> tuple[Plan, Timing]:
-    """A LoRA (sd-scripts' format) of `tuned - base`, and where the time went."""
+    """A LoRA (sd-scripts' format) of `tuned - base`, and where the time went; `exact`: the
+    full SVD of every layer, not the randomized one (lora/svd.py)."""
     if rank < 1 or (conv_rank is not None and conv_rank < 1):
         raise UsageError("--rank and --conv-rank are 1 or more")
     check_dynamic(dynamic)
@@ -112,7 +114,7 @@ def lora_extract(
         if change is None or (min_diff > 0 and not np.max(np.abs(change)) > min_diff):
             timing.add(read - began, None, None)
             return []
-        factors = factorize(change, layer_rank, dynamic)
+        factors = factorize(change, layer_rank, dynamic, exact)
         timing.add(read - began, time.perf_counter() - read, factors.kept)
         return _entries(module, layer.shape, factors, float(factors.down.shape[0]), dtype)
 
