@@ -1,7 +1,7 @@
 """Builds the benchmark's input files (called by bench/run.py; run in its own process).
 
     python bench/inputs.py --full|--quick KEY=PATH ...
-        (KEY: sd1_ckpt, sd1_st, sdxl_st, sdxl_b, wan_st, wan_aio)
+        (KEY: sd1_ckpt, sd1_st, sdxl_st, sdxl_b, sdxl_lora, wan_st, wan_aio)
     python bench/inputs.py --metric-bytes PATH           (what the metric reads of a file)
     python bench/inputs.py --metric-pass PATH            (seconds of the metric's pass alone)
 
@@ -66,6 +66,8 @@ class Builder:
         if "position_ids" in name:
             ids = np.arange(count, dtype=np.int64).reshape(shape)
             ref = TensorRef.from_array(name, ids, DTYPES["I64"])
+        elif name.endswith(".alpha"):  # a LoRA's alpha: half its rank, as trainers default
+            ref = TensorRef.from_array(name, np.array(16, dtype.numpy), dtype)
         else:
             ref = TensorRef(name, dtype, shape, FileSpan(data, offset, nbytes))
         self.entries.append(PlanEntry(name, ref, ref.dtype))
@@ -107,6 +109,16 @@ def sdxl_b_plan(scale: int) -> Plan:
     for name, shape in keylists.load_path(KEYS / "Checkpoint-SDXL-SGM.txt"):
         build.add(name, shape, DTYPES["F16"])
     return Plan(build.entries, _named_for_gguf(scale, "sdxl"))
+
+
+def sdxl_lora_plan(scale: int) -> Plan:
+    """A rank-32 kohya SDXL LoRA: UNET and both text encoders, sd-scripts' names (the real key
+    lists of tests/data/keys/lora, the rank made 32)."""
+    build = Builder(scale)
+    for part in ("UNET", "TE1", "TE2"):
+        for name, shape in keylists.load_path(KEYS / "lora" / f"LoRA-kohya-SDXL-{part}.txt"):
+            build.add(name, tuple(32 if d == -1 else d for d in shape), DTYPES["F16"])
+    return Plan(build.entries, {"ss_network_dim": "32", "ss_network_alpha": "16"})
 
 
 def wan_plan(scale: int) -> Plan:
@@ -196,6 +208,7 @@ def main() -> None:
         "sd1_st": sd1_plan,
         "sdxl_st": sdxl_plan,
         "sdxl_b": sdxl_b_plan,
+        "sdxl_lora": sdxl_lora_plan,
         "wan_st": wan_plan,
     }
     for target in targets:

@@ -50,11 +50,12 @@ class Case:
     program: list[str] | None = None  # None: mtk; else a helper that prints its own seconds
     also_reads: tuple[Path, ...] = ()  # other inputs it reads whole (a merge's B)
     note: str = ""  # shown where the case has no target
+    says: bool = False  # mtk's last line on stderr is shown under the row (where time went)
 
 
-def run_measured(command: list[str], self_timed: bool = False) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of a child process; with `self_timed`, the seconds are
-    those the child prints (the time of one part of its work)."""
+def run_measured(command: list[str], self_timed: bool = False) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (MiB) of a child process, and what it wrote on stderr; with
+    `self_timed`, the seconds are those the child prints (the time of one part of its work)."""
     start = time.perf_counter()
     process = subprocess.Popen(
         command,
@@ -66,10 +67,10 @@ def run_measured(command: list[str], self_timed: bool = False) -> tuple[float, f
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
+    stderr = process.stderr.read().decode() if process.stderr else ""
     if process.returncode != 0:
-        stderr = process.stderr.read().decode() if process.stderr else ""
         raise SystemExit(f"failed ({process.returncode}): {' '.join(command)}\n{stderr}")
-    return (float(printed) if self_timed else elapsed), usage.ru_maxrss / 1024
+    return (float(printed) if self_timed else elapsed), usage.ru_maxrss / 1024, stderr
 
 
 def floor_seconds(
@@ -135,6 +136,7 @@ def make_inputs(quick: bool) -> dict[str, Path]:
         "wan_aio": "wan2.1-14b-aio-header-only.safetensors",
         "wan_st": "wan2.1-t2v-1.3b-bf16.safetensors",
         "sdxl_b": "sdxl-fp16-b.safetensors",
+        "sdxl_lora": "sdxl-lora-r32.safetensors",
     }
     if quick:
         names = {key: "quick-" + value for key, value in names.items()}
@@ -280,6 +282,26 @@ def main() -> None:
             max_rss_mib=512,
             also_reads=(inputs["sdxl_b"],),
         ),
+        Case(
+            "lora apply: rank-32 SDXL LoRA",
+            ["lora", "apply", str(sdxl), str(inputs["sdxl_lora"]), "-o", "{out}.safetensors"],
+            sdxl,
+            out.with_suffix(".safetensors"),
+            max_ratio=1.3,
+            max_rss_mib=512,
+            also_reads=(inputs["sdxl_lora"],),
+        ),
+        Case(
+            "lora extract: rank 32 from two SDXL",
+            ["lora", "extract", str(sdxl), str(inputs["sdxl_b"]), "--rank", "32"]
+            + ["-o", "{out}.safetensors"],
+            sdxl,
+            out.with_suffix(".safetensors"),
+            max_rss_mib=2048,
+            also_reads=(inputs["sdxl_b"],),
+            says=True,
+            note="time: see the line below",
+        ),
         *quantizing("SDXL UNET fp16", sdxl, "sdxl"),
         *quantizing("Wan 2.1 1.3B bf16", wan13, "wan"),
         *dequantizing("SDXL UNET", gguf_input(sdxl)),
@@ -360,7 +382,7 @@ def main() -> None:
                 case.output.unlink(missing_ok=True)  # each run starts with the same free memory
             if case.cold:
                 evict([case.reads])
-            elapsed, peak = run_measured(command, case.program is not None)
+            elapsed, peak, said = run_measured(command, case.program is not None)
             times.append(elapsed)
             peaks.append(peak)
             output_size = case.output.stat().st_size if case.output else 0
@@ -398,6 +420,8 @@ def main() -> None:
             f"{output_size / MIB / 1024:>7.2f}G {median:>7.2f} {floor_text:>8} {ratio_text:>6} "
             f"{peak:>6.0f}MiB  {target}"
         )
+        if case.says and said.strip():
+            print(f"{'':<4}mtk: {said.strip().splitlines()[-1]}")
     if options.quick:
         print("quick mode: a smoke test; the targets are for the full-size inputs")
     elif failures:

@@ -213,13 +213,18 @@ class Module:
         if self.family == "lora" and "mid" not in self.parts:
             up, down = self.parts["up"], self.parts["down"]
             upper = f32(up).reshape(up.shape[0], -1)[start:stop]
-            return (upper @ f32(down).reshape(down.shape[0], -1)) * np.float32(self.scale)
+            delta = upper @ f32(down).reshape(down.shape[0], -1)
+            delta *= np.float32(self.scale)  # in place: the same rounding, one array less
+            return delta
         if self.family == "loha" and not {"t1", "t2"} & set(self.parts):
             p = self.parts
             w1a, w2a = f32(p["w1a"])[start:stop], f32(p["w2a"])[start:stop]
             w1b = f32(p["w1b"]).reshape(p["w1b"].shape[0], -1)
             w2b = f32(p["w2b"]).reshape(p["w2b"].shape[0], -1)
-            return ((w1a @ w1b) * (w2a @ w2b)) * np.float32(self.scale)
+            delta = w1a @ w1b
+            delta *= w2a @ w2b
+            delta *= np.float32(self.scale)
+            return delta
         return self.whole()[start:stop]
 
     def bias_rows(self, start: int, stop: int) -> np.ndarray | None:

@@ -20,6 +20,7 @@ from functools import cache
 from ..analysis import Analysis
 from ..architectures.locate import Found, component_names
 from ..architectures.registry import load_registry
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,38 @@ def model_parts(analysis: Analysis) -> list[Part]:
         tensors = tuple((key, name, tuple(analysis.tensors[name].shape)) for key, name in located)
         parts.append(Part(component, cls, tensors))
     return parts
+
+
+CHECKPOINT_PREFIX = "model.diffusion_model."  # LDM/ComfyUI checkpoints' diffusion model
+
+
+def trained_parts(analysis: Analysis, model_name: str) -> list[Part]:
+    """The parts of a model LoRAs are trained on; a model no architecture matches is taken
+    by its tensor names (a diffusion model the registry does not know), less a checkpoint's
+    `model.diffusion_model.`. A file of another kind (a VAE, a LoRA) is refused in one line."""
+    if analysis.architecture is None:
+        tensors = tuple(
+            (n.removeprefix(CHECKPOINT_PREFIX), n, tuple(t.shape))
+            for n, t in analysis.tensors.items()
+        )
+        return [Part("", "", tensors, "unet")]
+    parts = [p for p in model_parts(analysis) if role_of(p.cls) is not None]
+    if not parts:
+        arch = load_registry().architectures[analysis.architecture]
+        word = KINDS.get(arch.kind or "", "")
+        kind = f"{word} ({arch.name})" if word else arch.name
+        raise UsageError(f"{model_name} is {kind}, not a model a LoRA applies to")
+    return parts
+
+
+KINDS = {
+    "lora": "a LoRA",
+    "vae": "a VAE",
+    "text_encoder": "a text encoder",
+    "embedding": "an embedding",
+    "controlnet": "a ControlNet",
+    "component": "a component",
+}
 
 
 def reference_parts(architecture: str) -> list[Part]:

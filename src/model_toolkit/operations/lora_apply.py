@@ -26,19 +26,12 @@ from ..dtypes import DType
 from ..errors import UsageError
 from ..hints import alike_bases
 from ..lora.adapters import Module, f32, modules_of
-from ..lora.names import Layer, Part, Piece, index, layers, lora_side, model_parts, role_of
+from ..lora.names import Layer, Piece, index, layers, lora_side, role_of, trained_parts
 from ..model import Source, Tensor, read_all
 from ..plan import Plan, PlanEntry
 from .common import copied, record, source_name, valued_tensors
+from .merge import KINDS, _kernels, widened
 
-KINDS = {
-    "lora": "a LoRA",
-    "vae": "a VAE",
-    "text_encoder": "a text encoder",
-    "embedding": "an embedding",
-    "controlnet": "a ControlNet",
-    "component": "a component",
-}
 BUNDLED = "bundle_emb."  # sd-scripts' textual inversions inside a LoRA: no weight to change
 
 
@@ -67,7 +60,7 @@ def lora_apply(
         raise UsageError("give at least one LoRA")
     analysis = analyze(model, None)
     model_name = source_name(model)
-    named = index(layers(_parts(analysis, model_name)))
+    named = index(layers(trained_parts(analysis, model_name)))
     changes: dict[str, list[Change]] = {}
     warnings: list[str] = []
     applied = []
@@ -138,21 +131,6 @@ def _changes(
     return found, missing
 
 
-def _parts(analysis: Analysis, model_name: str) -> list[Part]:
-    """The model's parts LoRAs apply to; a model no architecture matches is taken by its
-    tensor names as they are (a diffusion model the registry does not know)."""
-    if analysis.architecture is None:
-        tensors = tuple((n, n, tuple(t.shape)) for n, t in analysis.tensors.items())
-        return [Part("", "", tensors, "unet")]
-    parts = [p for p in model_parts(analysis) if role_of(p.cls) is not None]
-    if not parts:
-        arch = load_registry().architectures[analysis.architecture]
-        word = KINDS.get(arch.kind or "", "")
-        kind = f"{word} ({arch.name})" if word else arch.name
-        raise UsageError(f"{model_name} is {kind}, not a model a LoRA applies to")
-    return parts
-
-
 def _check_base(lora: Analysis, model: Analysis, lora_name: str, model_name: str) -> None:
     """Where a LoRA does not fit: refused as another base's if it is identified as one (an
     SD-XL LoRA on an SD-v1 model). Only then: a few layers can look like another base's."""
@@ -193,8 +171,8 @@ def _transform(found: list[Change], value: Tensor):  # type: ignore[no-untyped-d
 
 def _added(found: list[Change], row: int, chunk: np.ndarray, start: int) -> np.ndarray:
     """A chunk of the tensor with each change to its rows added, in order, in float32."""
-    values = chunk.astype(np.float32)
-    count = len(values)
+    values: np.ndarray | None = None
+    count = len(chunk)
     first, last = start // row, -(-(start + count) // row)
     for change in found:
         piece = change.piece
@@ -203,13 +181,33 @@ def _added(found: list[Change], row: int, chunk: np.ndarray, start: int) -> np.n
             continue
         begin = change.offset + low - piece.start
         delta = _delta(change, begin, begin + high - low).reshape(-1)
-        if change.strength != 1:
-            delta = delta * np.float32(change.strength)
         at = low * row - start
         skip = max(0, -at)
         end = min(high * row - start, count)
-        values[max(at, 0) : end] += delta[skip : skip + end - max(at, 0)]
-    return values
+        part = delta[skip : skip + end - max(at, 0)]
+        if values is None and at <= 0 and end == count:
+            values = _sum(chunk, part, change.strength)  # W + delta * s in one pass
+            continue
+        if values is None:
+            values = widened(chunk)
+        if change.strength != 1:
+            part = part * np.float32(change.strength)
+        values[max(at, 0) : end] += part
+    return widened(chunk) if values is None else values
+
+
+def _sum(chunk: np.ndarray, delta: np.ndarray, strength: float) -> np.ndarray:
+    """`float32(W) + delta * strength`, the compiled loop reading W as it is stored (fp16,
+    bf16, fp32): the same values as widening, multiplying and adding one by one."""
+    kind = KINDS.get(chunk.dtype.name)
+    if _kernels is None or kind is None or not delta.flags.c_contiguous:
+        values = widened(chunk)
+        values += delta * np.float32(strength) if strength != 1 else delta
+        return values
+    out = np.empty(len(chunk), np.float32)
+    one, factor = np.float32(1), np.float32(strength)
+    _kernels.mix(chunk, kind, delta, 0, None, 0, one, factor, out)
+    return out
 
 
 def _delta(change: Change, start: int, stop: int) -> np.ndarray:

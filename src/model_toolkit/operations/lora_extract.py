@@ -33,7 +33,7 @@ from ..analysis import analyze
 from ..dtypes import DTYPES, DType
 from ..errors import UsageError
 from ..lora.adapters import Module, f32, modules_of
-from ..lora.names import Layer, Part, model_parts, role_of, trained, written_layers
+from ..lora.names import Layer, trained, trained_parts, written_layers
 from ..lora.svd import Factors, check_dynamic, factorize, refactorize
 from ..model import Source, Tensor, TensorRef, read_all
 from ..plan import Plan, PlanEntry, convert_values
@@ -90,7 +90,7 @@ def lora_extract(
     analyses = [analyze(tuned, None), analyze(base, None)]
     names = [source_name(tuned), source_name(base)]
     _check_same_architecture(analyses, names)
-    parts = _parts_of(analyses[0], names[0])
+    parts = trained_parts(analyses[0], names[0])
     base_tensors = analyses[1].tensors
     jobs = []
     for module, layer in written_layers(parts, "kohya"):
@@ -138,16 +138,6 @@ def lora_extract(
         "dynamic": list(dynamic) if dynamic else None,
     }
     return Plan(entries, record(metadata, operation), tuned.origin), timing
-
-
-def _parts_of(analysis, name: str) -> list[Part]:  # type: ignore[no-untyped-def]
-    if analysis.architecture is None:  # a model the registry does not know: names as they are
-        tensors = tuple((n, n, tuple(t.shape)) for n, t in analysis.tensors.items())
-        return [Part("", "", tensors, "unet")]
-    parts = [p for p in model_parts(analysis) if role_of(p.cls) is not None]
-    if not parts:
-        raise UsageError(f"{name} is a {analysis.architecture}, not a model a LoRA is made from")
-    return parts
 
 
 def _float_type(tensors: dict[str, Tensor]) -> DType:

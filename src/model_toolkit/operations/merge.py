@@ -187,6 +187,17 @@ def _combine(
     return a + (b - values[2].astype(np.float32)) * factor
 
 
+def widened(values: np.ndarray) -> np.ndarray:
+    """A tensor's values as float32 (a new array), by the compiled loop where it can: numpy's
+    float16 widening is a scalar loop, lora apply widens every tensor it changes."""
+    kind = KINDS.get(values.dtype.name)
+    if _kernels is None or kind is None or not values.flags.c_contiguous:
+        return values.astype(np.float32)
+    out = np.empty(values.shape, np.float32)
+    _kernels.widen(values.reshape(-1), kind, out.reshape(-1))
+    return out
+
+
 def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """`a - b` in float32 of two tensors' values in their own types (lora extract's change):
     the compiled loop reads fp16/bf16 without numpy's slow widening; the same values."""
