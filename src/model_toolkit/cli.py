@@ -552,9 +552,7 @@ def lora_resize(
     dtype = precision_dtype(precision)
     with open_model(lora) as opened:
         plan, timing = operations.lora_resize(opened, rank, _dynamic(dynamic), dtype)
-        stem = output_stem("lora-resize", stem_of(lora.name), f"r{rank}")
-        target = output or free_name(lora.parent, stem, ".safetensors")
-        _write(plan, target, [lora], overwrite, as_json, lora.stat().st_size, False)
+        _write_lora(plan, lora, "lora-resize", f"r{rank}", output, overwrite, as_json)
         echo(timing.text(), err=True)
 
 
@@ -573,9 +571,22 @@ def lora_convert(
     dtype = precision_dtype(precision)
     with open_model(lora) as opened:
         plan = operations.lora_convert(opened, to, dtype)
-        stem = output_stem("lora-convert", stem_of(lora.name), to)
-        target = output or free_name(lora.parent, stem, ".safetensors")
-        _write(plan, target, [lora], overwrite, as_json, lora.stat().st_size, False)
+        _write_lora(plan, lora, "lora-convert", to, output, overwrite, as_json)
+
+
+def _write_lora(
+    plan: "Plan",
+    lora: Path,
+    operation: str,
+    made: str,
+    output: Path | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """A LoRA operation's output: next to the LoRA, named after what was made, unless -o."""
+    stem = output_stem(operation, stem_of(lora.name), made)
+    target = output or free_name(lora.parent, stem, ".safetensors")
+    _write(plan, target, [lora], overwrite, as_json, lora.stat().st_size, False)
 
 
 @app.command()
