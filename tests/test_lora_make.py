@@ -252,6 +252,9 @@ def test_resize_and_extract_refuse_what_they_cannot_make(tmp_path):
     same = write_sparse_safetensors(tmp_path / "a.safetensors", SD1)
     result = run_mtk("lora", "extract", same, same, "-o", tmp_path / "never.safetensors")
     assert result.returncode == 2 and "do not differ" in result.stderr
+    half = write_sparse_safetensors(tmp_path / "b.safetensors", SD1, "F32")  # other bytes
+    result = run_mtk("lora", "extract", half, same, "-o", tmp_path / "never.safetensors")
+    assert result.returncode == 2 and "do not differ" in result.stderr  # the same values
     result = run_mtk("lora", "extract", same, same, "--dynamic", "sv-fro", "2")
     assert result.returncode == 2 and "needs a value in (0, 1]" in result.stderr
     assert not (tmp_path / "never.safetensors").exists()

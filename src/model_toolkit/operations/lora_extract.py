@@ -111,7 +111,10 @@ def lora_extract(
         began = time.perf_counter()
         change = _change(analyses[0].value, analyses[1].value, layer)
         read = time.perf_counter()
-        if change is None or (min_diff > 0 and not np.max(np.abs(change)) > min_diff):
+        unchanged = change is None or not (
+            np.max(np.abs(change)) > min_diff if min_diff > 0 else change.any()
+        )
+        if unchanged:
             timing.add(read - began, None, None)
             return []
         factors = factorize(change, layer_rank, dynamic, exact)
