@@ -469,8 +469,7 @@ def test_a_path_with_a_colon_is_a_path_unless_a_number_follows(tmp_path):
 def test_the_compiled_widening_and_sum_are_exact_for_every_float16():
     """lora apply widens each changed tensor and adds its change in one compiled pass (F16C
     where the CPU has it): every float16 bit pattern gives numpy's float32, NaN stays NaN."""
-    from model_toolkit.operations.lora_apply import _sum
-    from model_toolkit.operations.merge import widened
+    from model_toolkit.operations.merge import added, widened
 
     halves = np.arange(65536, dtype=np.uint16).view(np.float16)
     expected = halves.astype(np.float32)
@@ -481,6 +480,6 @@ def test_the_compiled_widening_and_sum_are_exact_for_every_float16():
     delta = np.random.default_rng(0).standard_normal(65536).astype(np.float32)
     with np.errstate(invalid="ignore"):
         summed = expected + delta * np.float32(0.7)
-    ours = _sum(halves, delta, 0.7)
+    ours = added(halves, delta, 0.7)
     assert np.array_equal(ours[number].view(np.uint32), summed[number].view(np.uint32))
     assert np.isnan(ours[~number]).all()

@@ -1,4 +1,5 @@
-"""Operations: each takes an opened model (or a Plan) and returns a Plan. Nothing is read here."""
+"""Operations: each takes an opened model (or a Plan) and returns a Plan. Nothing is read here,
+but by lora extract and resize, whose SVDs decide the output's shapes before its header."""
 
 from .build import build
 from .convert import convert

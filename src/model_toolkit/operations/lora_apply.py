@@ -30,7 +30,7 @@ from ..lora.names import Layer, Piece, index, layers, lora_side, role_of, traine
 from ..model import Source, Tensor, read_all
 from ..plan import Plan, PlanEntry
 from .common import copied, record, source_name, valued_tensors
-from .merge import KINDS, _kernels, widened
+from .merge import added, widened
 
 BUNDLED = "bundle_emb."  # sd-scripts' textual inversions inside a LoRA: no weight to change
 
@@ -186,7 +186,7 @@ def _added(found: list[Change], row: int, chunk: np.ndarray, start: int) -> np.n
         end = min(high * row - start, count)
         part = delta[skip : skip + end - max(at, 0)]
         if values is None and at <= 0 and end == count:
-            values = _sum(chunk, part, change.strength)  # W + delta * s in one pass
+            values = added(chunk, part, change.strength)  # W + delta * s in one pass
             continue
         if values is None:
             values = widened(chunk)
@@ -194,20 +194,6 @@ def _added(found: list[Change], row: int, chunk: np.ndarray, start: int) -> np.n
             part = part * np.float32(change.strength)
         values[max(at, 0) : end] += part
     return widened(chunk) if values is None else values
-
-
-def _sum(chunk: np.ndarray, delta: np.ndarray, strength: float) -> np.ndarray:
-    """`float32(W) + delta * strength`, the compiled loop reading W as it is stored (fp16,
-    bf16, fp32): the same values as widening, multiplying and adding one by one."""
-    kind = KINDS.get(chunk.dtype.name)
-    if _kernels is None or kind is None or not delta.flags.c_contiguous:
-        values = widened(chunk)
-        values += delta * np.float32(strength) if strength != 1 else delta
-        return values
-    out = np.empty(len(chunk), np.float32)
-    one, factor = np.float32(1), np.float32(strength)
-    _kernels.mix(chunk, kind, delta, 0, None, 0, one, factor, out)
-    return out
 
 
 def _delta(change: Change, start: int, stop: int) -> np.ndarray:
