@@ -82,10 +82,30 @@ def test_extract_is_the_svd_of_the_change_and_apply_gives_it_back(tmp_path, tune
         s = torch.linalg.svdvals(change)
         recovered = (back[name].float() - t[name].float()).reshape(change.shape)
         assert recovered.norm() <= s[4:].norm() * 1.01 + 0.05, name  # + fp16 rounding
-    report = run_mtk("inspect", out, "--no-metric")
-    assert "LoRA for SD-v" in report.stdout and "rank 4" in report.stdout, report.stdout
+    report = run_mtk("inspect", out)
+    assert "LoRA for SD-v" in report.stdout and "rank 4, alpha 4" in report.stdout, report.stdout
     metadata = mtk.open(out).metadata
     assert metadata["ss_network_dim"] == "4" and json.loads(metadata["ss_network_args"])
+
+
+@pytest.mark.slow
+def test_a_whole_sd1_extraction_is_identified_as_an_sd1_lora_with_no_junk(tmp_path):
+    """Every layer changed: the LoRA has sd-scripts' layers for SD-v1 and no others (no time
+    embedding, no resnet shortcut), so inspect finds an SD-v1 LoRA, clean."""
+    rng = np.random.default_rng(0)
+    fill = {
+        n: ((rng.standard_normal(int(np.prod(s)), np.float32) * 0.01).astype(np.float16), "F16")
+        for n, s in SD1
+        if n.endswith(".weight") and len(s) >= 2 and not n.startswith("first_stage_model.")
+    }
+    fill = {n: (v.reshape(dict(SD1)[n]).view(np.int16), t) for n, (v, t) in fill.items()}
+    tuned = write_sparse_safetensors(tmp_path / "tuned.safetensors", SD1, "F16", fill=fill)
+    base = write_sparse_safetensors(tmp_path / "base.safetensors", SD1, "F16")
+    out = tmp_path / "lora.safetensors"
+    assert run_mtk("lora", "extract", tuned, base, "--rank", "8", "-o", out).returncode == 0
+    report = run_mtk("inspect", out).stdout
+    assert "identified as LoRA-v1." in report and "LoRA for SD-v1: rank 8, alpha 8." in report
+    assert "no junk" in report, report
 
 
 def test_extract_leaves_out_convolutions_without_conv_rank_and_unchanged_layers(
