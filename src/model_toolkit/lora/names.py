@@ -55,6 +55,16 @@ class Layer:
     def shape(self) -> tuple[int, ...]:
         return (self.rows, *self.row_shape)
 
+    @property
+    def starts(self) -> list[int]:
+        """Where each piece's rows start among the layer's rows: one after the other, or at
+        its part where it is one of `parts` (a swapped half)."""
+        result, at = [], 0
+        for piece in self.pieces:
+            result.append(piece.part * (self.rows // piece.parts) if piece.parts > 1 else at)
+            at += piece.stop - piece.start
+        return result
+
 
 @dataclass(frozen=True)
 class Part:

@@ -49,7 +49,7 @@ class Change:
     @property
     def offset(self) -> int:
         """Where the piece's rows start among the layer's rows (a swapped half's part)."""
-        return self.piece.part * (self.layer.rows // self.piece.parts)
+        return self.layer.starts[self.layer.pieces.index(self.piece)]
 
 
 def lora_apply(

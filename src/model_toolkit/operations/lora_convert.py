@@ -107,12 +107,9 @@ def _overlap(a: Layer, b: Layer) -> bool:
 def _row_map(layer: Layer) -> dict[tuple[str, int], int]:
     """(tensor, row) -> the layer's own row, for each row the layer covers."""
     mapping = {}
-    at = 0
-    for piece in layer.pieces:
-        start = piece.part * (layer.rows // piece.parts) if piece.parts > 1 else at
+    for piece, start in zip(layer.pieces, layer.starts, strict=True):
         for i, row in enumerate(range(piece.start, piece.stop)):
             mapping[(piece.weight, row)] = start + i
-        at += piece.stop - piece.start
     return mapping
 
 

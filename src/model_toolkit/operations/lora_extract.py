@@ -154,22 +154,16 @@ def _change(tuned, base, layer: Layer) -> np.ndarray | None:  # type: ignore[no-
     """A layer's `tuned - base` as float32 (rows, numel of a row), in its naming's row order;
     None where the two are the same bytes (an untrained text encoder: no float work)."""
     out = np.empty((layer.rows, math.prod(layer.row_shape)), np.float32)
-    at = 0
     same = True
-    for piece in layer.pieces:
+    for piece, start in zip(layer.pieces, layer.starts, strict=True):
         a, b = (read_all(side(piece.weight)) for side in (tuned, base))
         rows = slice(piece.start, piece.stop)
         a, b = a.reshape(a.shape[0], -1)[rows], b.reshape(b.shape[0], -1)[rows]
         if a.dtype == b.dtype and a.tobytes() == b.tobytes():  # copies and a memcmp: fast
-            start = piece.part * (layer.rows // piece.parts) if piece.parts > 1 else at
             out[start : start + len(a)] = 0
-            at += len(a)
             continue
         same = False
-        change = difference(a, b)
-        start = piece.part * (layer.rows // piece.parts) if piece.parts > 1 else at
-        out[start : start + len(change)] = change
-        at += len(change)
+        out[start : start + len(a)] = difference(a, b)
     return None if same else out
 
 
