@@ -16,10 +16,12 @@ DATA = Path(__file__).parent / "data"
 
 @pytest.fixture(autouse=True, scope="session")
 def _state_outside_home(tmp_path_factory):
-    """Autoprune keeps its marker key in the user's state folder: the tests use their own."""
+    """Autoprune keeps its marker key in the user's state folder, and identification its
+    parsed key lists in the cache folder: the tests use their own."""
     import os
 
     os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
 
 
 def key_list(name: str) -> KeyList:

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from . import quick
+from .console import echo, guarded, human
 from .dtypes import PRECISIONS, precision_dtype
 from .errors import (
     MissingPartsError,
     ModelToolkitError,
-    OutputExistsError,
-    UnknownLayoutError,
 )
 from .filenames import free_name, output_stem, output_suffix, stem_of
 from .formats import open_model
-from .text import printable, terminal_safe
+from .text import printable
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -45,18 +45,6 @@ app = typer.Typer(
 PROGRESS_MIN_BYTES = 256 * 1024 * 1024  # smaller writes finish before a bar would help
 
 
-def echo(text: str, err: bool = False, nl: bool = True) -> None:
-    """Print to the terminal with every control character a file could carry escaped: tensor
-    names, storage keys and metadata are the file author's text (escape sequences can clear
-    the screen or set the clipboard). Our own newlines and tabs are kept."""
-    typer.echo(terminal_safe(text), err=err, nl=nl)
-
-
-def error_line(text: str) -> None:
-    """An error is one line, whatever newlines the file put into the names it quotes."""
-    typer.echo(f"error: {printable(text)}", err=True)
-
-
 def _version(value: bool) -> None:
     if value:
         echo(f"mtk {__version__}")
@@ -73,18 +61,6 @@ def _main(
     ] = False,
 ) -> None:
     """Model Toolkit."""
-
-
-def _human(size: int) -> str:
-    """Binary units, as `ls -h` counts them (reports use the original toolkit's own wording)."""
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{value:.2f} GiB"
 
 
 @contextmanager
@@ -115,24 +91,7 @@ def keys(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead.")] = False,
 ) -> None:
     """List every tensor with its dtype and shape, then the file's metadata."""
-    with open_model(file) as model:
-        rows = [(name, ref.dtype.name, list(ref.shape)) for name, ref in model.tensors.items()]
-        if as_json:
-            echo(json.dumps([{"name": n, "dtype": d, "shape": s} for n, d, s in rows]))
-            return
-        rows = [(printable(name), dtype, shape) for name, dtype, shape in rows]
-        width = max((len(name) for name, _, _ in rows), default=0)
-        lines = [
-            f"{name:<{width}}  {dtype:<11} [{','.join(map(str, shape))}]"
-            for name, dtype, shape in rows
-        ]
-        lines.append(f"{len(rows)} tensors, {_human(model.nbytes)}, format {model.format}")
-        if model.metadata:
-            lines.append("metadata:")
-            for key, value in model.metadata.items():
-                text = value if isinstance(value, str) else json.dumps(value, default=str)
-                lines.append(f"  {printable(key)}: {printable(text)}")
-        echo("\n".join(lines))
+    quick.keys(file, as_json)
 
 
 @app.command()
@@ -165,42 +124,7 @@ def inspect(
     ] = "auto",
 ) -> None:
     """Identify a model and report what is in it, as the original toolkit's reports."""
-    from .analysis import analyze
-    from .findings import gather_findings
-    from .report import advanced_report, basic_report
-    from .report import as_json as json_report
-
-    dtype = precision_dtype(precision)
-    if file.is_dir():
-        _inspect_folder(file, as_json)
-        return
-    with open_model(file) as model:
-        analysis = analyze(model, dtype)
-        findings = gather_findings(analysis, model.metadata, read_data=not no_metric)
-        if as_json:
-            echo(json.dumps(json_report(analysis, findings), indent=2))
-        elif advanced:
-            echo(advanced_report(analysis, findings), nl=False)
-        else:
-            echo(basic_report(analysis, findings, fix_clip), nl=False)
-
-
-def _inspect_folder(folder: Path, as_json: bool) -> None:
-    """A diffusers folder: each component subfolder identified from its headers."""
-    from .analysis import analyze_folder
-
-    rows = analyze_folder(folder)
-    if as_json:
-        echo(json.dumps({"path": str(folder), "format": "diffusers", "parts": rows}, indent=2))
-        return
-    echo(f"{folder} (diffusers folder)")
-    for row in rows:
-        what = row["architecture"] or "not identified"
-        parts = ", ".join(row["components"].values())
-        detail = f" ({parts})" if parts else ""
-        echo(
-            f"  {row['folder']}/: {what}{detail}, {_human(row['bytes'])} {'/'.join(row['dtypes'])}"
-        )
+    quick.inspect(file, as_json, advanced, no_metric, fix_clip, precision)
 
 
 def _write(
@@ -250,8 +174,8 @@ def _write(
         )
     else:
         saved = input_bytes - size
-        detail = f", saved {_human(saved)}" if report_saving and saved > 0 else ""
-        echo(f"wrote {output} ({_human(size)}{detail})")
+        detail = f", saved {human(saved)}" if report_saving and saved > 0 else ""
+        echo(f"wrote {output} ({human(size)}{detail})")
 
 
 ModelSpecOption = Annotated[
@@ -813,19 +737,19 @@ def scan(
         arch = record.get("architecture") or record["status"]
         precision = record.get("precision") or "-"
         prunable = record.get("prunable_bytes", 0)
-        extra = f", prunable {_human(prunable)}" if prunable > 0 else ""
+        extra = f", prunable {human(prunable)}" if prunable > 0 else ""
         if record.get("error"):
             extra += f": {printable(record['error'])}"
-        echo(f"  {path}: {arch}, {precision}, {_human(record['size'])}{extra}")
+        echo(f"  {path}: {arch}, {precision}, {human(record['size'])}{extra}")
     for group in result.duplicates:
-        echo(f"identical files ({_human(group['size'])} each): " + ", ".join(group["files"]))
+        echo(f"identical files ({human(group['size'])} each): " + ", ".join(group["files"]))
     for group in result.shared_components:
         name = f"the {group['known']}" if group["known"] else group["class"]
         echo(
             f"{name} ({group['component']} {group['fingerprint'][:8]}) is in "
             f"{len(group['files'])} files: " + ", ".join(group["files"])
         )
-    echo(f"reclaimable: {_human(result.reclaimable_bytes)}")
+    echo(f"reclaimable: {human(result.reclaimable_bytes)}")
 
 
 @app.command()
@@ -905,7 +829,7 @@ def autoprune(
         saved = sum(o.saved_bytes for o in outcomes)
         echo(
             f"{len(filed)} filed, {len(failed)} failed, "
-            f"{len(outcomes) - len(filed) - len(failed)} left in the inbox; saved {_human(saved)}"
+            f"{len(outcomes) - len(filed) - len(failed)} left in the inbox; saved {human(saved)}"
         )
     if any(o.status == "error" for o in outcomes):
         raise typer.Exit(1)
@@ -915,7 +839,7 @@ def _outcome_line(outcome: "Outcome") -> str:
     """One line per file: what it was and where it went, or why not."""
     what = f"{outcome.architecture} {outcome.kind}" if outcome.kind else ""
     if outcome.status in ("filed", "recovered"):
-        saved = f", saved {_human(outcome.saved_bytes)}" if outcome.saved_bytes > 0 else ""
+        saved = f", saved {human(outcome.saved_bytes)}" if outcome.saved_bytes > 0 else ""
         note = f" ({outcome.reason})" if outcome.reason and outcome.status == "filed" else ""
         return f"{outcome.file}: {what} -> {outcome.destination}{saved}{note}"
     if outcome.status == "failed":
@@ -980,40 +904,12 @@ def demo(
     path = write_demo(output, overwrite=overwrite)
     used = path.stat().st_blocks * 512
     echo(
-        f"wrote {path}: a demo SD-v1 of {_human(path.stat().st_size)} "
-        f"({_human(used)} on disk: its zero weights are holes)"
+        f"wrote {path}: a demo SD-v1 of {human(path.stat().st_size)} "
+        f"({human(used)} on disk: its zero weights are holes)"
     )
 
 
 def main() -> None:
-    """Entry point: library errors become one `error: ...` line and exit status 2.
-
-    typer reports bad arguments itself (status 2); everything raised by the library for bad
-    input is a ModelToolkitError and ends here, never as a traceback.
-    """
-    # numpy's OpenBLAS starts a thread per core at import, and they spin before they sleep:
-    # on 2 cores that takes one from the metric's workers (~10% of its pass). Matrix work
-    # (lora apply's products, extract's SVDs) runs one layer per worker thread instead; a
-    # user's setting wins.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    try:
-        app()
-    except OutputExistsError as exc:  # the library says what is wrong, we say what to do
-        error_line(f"{exc}; use --overwrite to replace it")
-        sys.exit(2)
-    except UnknownLayoutError as exc:
-        error_line(f"{exc}; use --layout")
-        sys.exit(2)
-    except ModelToolkitError as exc:
-        error_line(str(exc))
-        sys.exit(2)
-    except OSError as exc:
-        error_line(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-        sys.exit(2)
-    except Exception as exc:  # a bug, not bad input: still one line unless asked for details
-        if os.environ.get("MTK_DEBUG"):
-            raise
-        error_line(
-            f"internal error ({exc.__class__.__name__}: {exc}); set MTK_DEBUG=1 to see where"
-        )
-        sys.exit(1)
+    """The full command line: every command, typer's help and its checks of arguments (bad
+    arguments: status 2); the library's errors become one line (console.guarded)."""
+    guarded(app)

@@ -127,10 +127,13 @@ def quant_view(
         return view
     suffixes = [(suffix, weight) for suffix, weight in rules["companions"]]
     markers = set(rules.get("markers", ()))
+    endings = tuple(suffix for suffix, _ in suffixes)
     for name in shapes:
         if name.rpartition(".")[2] in markers:
             view.markers.append(name)
             del view.shapes[name]
+            continue
+        if not name.endswith(endings):  # one C-level test for nearly every name
             continue
         for suffix, weight in suffixes:
             if name.endswith(suffix) and name[: -len(suffix)] + weight in shapes:

@@ -15,8 +15,6 @@ import contextlib
 import mmap
 import os
 import stat
-import tempfile
-import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -181,6 +179,8 @@ class ZipMember:
 
         A bad CRC, a damaged deflate stream or a local header that disagrees with the central
         directory surface here, mid-write: they become FormatError like any other damage."""
+        import zipfile  # a .ckpt's member, read where there is one
+
         name = self.data.name
         try:
             with zipfile.ZipFile(self.data.path) as archive, archive.open(self.member) as entry:
@@ -204,6 +204,8 @@ class ZipMember:
     def whole(self) -> Iterator[tuple[np.ndarray, Callable[[], None]]]:
         """The entry decompressed into an unlinked temporary file and mapped, so that a 4 GiB
         deflated storage costs disk, not memory; releasing drops the pages read so far."""
+        import tempfile
+
         import numpy as np
 
         with tempfile.TemporaryFile() as spill:

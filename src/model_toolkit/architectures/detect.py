@@ -10,15 +10,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .registry import Component, Key, NameIndex, Registry, load_registry
 
 
 @dataclass(frozen=True)
 class Rejection:
+    """A near miss. What is missing is kept as keys and written out when a report asks: a
+    checkpoint is a near miss of a dozen lists, thousands of keys each, and identifying it
+    shows none of them."""
+
     name: str  # the component or architecture that was not found
     reason: str  # "Missing required keys (N of M)" or "Missing required classes"
-    missing: list[str]  # "key [shape]" (shape mismatches say what was found), or class names
+    missing_keys: frozenset[Key] = frozenset()
+    classes: tuple[str, ...] = ()  # the classes missing, for an architecture
+    # The file's shapes, to say what was found under a missing key's name.
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def missing(self) -> list[str]:
+        """ "key [shape]" (shape mismatches say what was found), or class names."""
+        if self.classes:
+            return list(self.classes)
+        return describe_missing(self.missing_keys, self.shapes)
 
 
 @dataclass
@@ -47,7 +62,7 @@ def matched_key(
     return name, shape
 
 
-def describe_missing(missing: set[Key], present: Mapping[str, tuple[int, ...]]) -> list[str]:
+def describe_missing(missing: Iterable[Key], present: Mapping[str, tuple[int, ...]]) -> list[str]:
     lines = []
     for name, shape in sorted(missing):
         text = f"{name} [{','.join(map(str, shape))}]"
@@ -125,7 +140,7 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
                 found_in.add(prefixed)
             elif missing != required:
                 reason = f"Missing required keys ({len(missing)} of {len(required)})"
-                rejection = Rejection(component.name, reason, describe_missing(missing, real))
+                rejection = Rejection(component.name, reason, frozenset(missing), shapes=real)
                 if rejection not in reasons:
                     reasons.append(rejection)
         if found_in:
@@ -159,7 +174,8 @@ def detect(shapes: Mapping[str, tuple[int, ...]], registry: Registry | None = No
             found[arch.name] = by_class
         elif any(cls in by_class for cls in arch.classes):
             missing_classes = sorted(set(arch.classes) - set(by_class))
-            rejected.append(Rejection(arch.name, "Missing required classes", missing_classes))
+            reason = "Missing required classes"
+            rejected.append(Rejection(arch.name, reason, classes=tuple(missing_classes)))
 
     if any(name.startswith("SD-") for name in found):
         found = {n: c for n, c in found.items() if not registry.architectures[n].partial}
@@ -193,7 +209,7 @@ def _match_subset(
     wrong = {(name, spec[name]) for name in names if present[name] != spec[name]}
     if wrong:
         reason = f"Shapes disagree ({len(wrong)} of {len(names)})"
-        rejection = Rejection(component.name, reason, describe_missing(wrong, real))
+        rejection = Rejection(component.name, reason, frozenset(wrong), shapes=real)
         if rejection not in reasons:
             reasons.append(rejection)
         return 0

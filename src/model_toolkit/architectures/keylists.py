@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # The package's own folder, not importlib.resources: that import alone costs ~20 ms of start-up,
@@ -31,8 +32,12 @@ def parse(text: str) -> KeyList:
 
 
 def load(name: str) -> KeyList:
-    """A component list shipped with the package, by file stem (e.g. `UNET-v1-SD`)."""
-    return parse((DATA / f"{name}.txt").read_text(encoding="utf-8"))
+    """A component list shipped with the package, by file stem (e.g. `UNET-v1-SD`), parsed
+    once per version of the list (keycache)."""
+    from .keycache import cached
+
+    path = DATA / f"{name}.txt"
+    return cached(name, (path,), lambda: parse(path.read_text(encoding="utf-8")))
 
 
 ROOTS_INDEX = DATA / "roots.json"
@@ -46,11 +51,21 @@ WRAPPERS = frozenset({"model"})
 
 def root_of(name: str) -> str:
     """What a file must share with a list for the list to be worth parsing: a key name's first
-    dotted segment (`double_blocks`), or its first two under a wrapper (`model.layers`)."""
+    dotted segment (`double_blocks`), or its first two under a wrapper (`model.layers`), up to
+    its first digit: names that flatten a path into one segment (kohya's
+    `lora_unet_input_blocks_1_0_proj_in`, an EMA's `input_blocks00bias`) share the root of
+    their kind of layer, not one each, so the index stays small and loads in no time."""
     first, _, rest = name.partition(".")
     if first in WRAPPERS and rest:
         return f"{first}.{rest.partition('.')[0]}"
-    return first
+    return _before_digit(first)
+
+
+def _before_digit(segment: str) -> str:
+    return _NON_DIGITS.match(segment).group() or segment  # type: ignore[union-attr]
+
+
+_NON_DIGITS = re.compile(r"\D*")
 
 
 def roots(name: str) -> frozenset[str]:

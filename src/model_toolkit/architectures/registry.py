@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 from typing import Any
 
-from . import keylists
+from . import keycache, keylists
 from .derive import lora_keys
 from .keylists import DATA
 
@@ -49,10 +49,15 @@ class Component:
     @cached_property
     def keys(self) -> frozenset[Key]:
         """Every key the component may have, without prefix."""
-        listed = keylists.load(self.key_list)
-        if self.derived_form is not None:
-            return frozenset(lora_keys(listed, self.derived_form))
-        return frozenset(listed)
+        if self.derived_form is None:
+            return frozenset(keylists.load(self.key_list))
+        form = self.derived_form
+        # Made from its base list by the registry's rule: cached as a list of its own.
+        sources = (DATA / f"{self.key_list}.txt", DATA / "registry.json")
+        derived = keycache.cached(
+            f"derived.{self.name}", sources, lambda: lora_keys(keylists.load(self.key_list), form)
+        )
+        return frozenset(derived)
 
     @cached_property
     def required(self) -> frozenset[Key]:
@@ -70,11 +75,19 @@ class Component:
                 free.setdefault(self.prefix + name, {})[len(shape)] = shape
         return free
 
+    @cached_property
+    def _prefixed_keys(self) -> frozenset[Key]:
+        return frozenset((self.prefix + name, shape) for name, shape in self.keys)
+
+    @cached_property
+    def _prefixed_required(self) -> frozenset[Key]:
+        return frozenset((self.prefix + name, shape) for name, shape in self.required)
+
     def keyset(self, prefixed: bool, required_only: bool = False) -> frozenset[Key]:
-        keys = self.required if required_only else self.keys
+        """Its keys (or only the required ones), with its prefix or without; made once."""
         if not prefixed or not self.prefix:
-            return keys
-        return frozenset((self.prefix + name, shape) for name, shape in keys)
+            return self.required if required_only else self.keys
+        return self._prefixed_required if required_only else self._prefixed_keys
 
     def may_match(self, names: NameIndex) -> bool:
         """Whether a file with these tensor names has any key of this component, with its
@@ -85,19 +98,29 @@ class Component:
 
 
 class NameIndex:
-    """A file's tensor names by first segment, after any prefix asked for (cached)."""
+    """A file's tensor names by first segment, after any prefix asked for (cached).
+
+    Names are bucketed by their first dotted segment once, so that the roots under a prefix
+    are looked for among the names that start like it (a checkpoint's VAE prefix does not walk
+    its UNET's names): one pass over a file's names in all, not one per prefix in the registry.
+    """
 
     def __init__(self, names: Iterable[str]) -> None:
-        self._names = list(names)
+        self._buckets: dict[str, list[str]] = {}
+        for name in names:
+            self._buckets.setdefault(name.partition(".")[0], []).append(name)
         self._roots: dict[str, set[str]] = {}
 
     def roots(self, prefix: str) -> set[str]:
         found = self._roots.get(prefix)
         if found is None:
-            skip = len(prefix)
-            found = self._roots[prefix] = {
-                root_of(name[skip:]) for name in self._names if name.startswith(prefix)
-            }
+            if not prefix:
+                found = {root_of(name) for bucket in self._buckets.values() for name in bucket}
+            else:
+                skip = len(prefix)
+                bucket = self._buckets.get(prefix.partition(".")[0], ())
+                found = {root_of(n[skip:]) for n in bucket if n.startswith(prefix)}
+            self._roots[prefix] = found
         return found
 
 
@@ -173,11 +196,16 @@ class Registry:
         """Whether any file name can be spelled otherwise in the lists."""
         return bool(self.aliases or self.name_patterns)
 
+    @cached_property
+    def _alias_endings(self) -> tuple[str, ...]:
+        return tuple(ending for ending, _ in self.aliases)
+
     def canonical(self, name: str) -> str:
         """The name as the key lists spell it (the file's own name if no alias applies)."""
-        for ending, listed in self.aliases:
-            if name.endswith(ending):
-                return name[: -len(ending)] + listed
+        if name.endswith(self._alias_endings):  # one C-level test for the usual no
+            for ending, listed in self.aliases:
+                if name.endswith(ending):
+                    return name[: -len(ending)] + listed
         for pattern, listed in self.name_patterns:
             if pattern.fullmatch(name):
                 return listed

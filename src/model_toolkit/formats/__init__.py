@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import FormatError
 from ..model import ModelFile
 from ..storage import FileData
-from . import gguf, safetensors, sniff, torch_legacy, torch_zip
+from . import gguf, safetensors, sniff
 
 # Extensions that name a torch checkpoint when writing; reading looks at the bytes, not the name.
 TORCH_EXTENSIONS = {".ckpt", ".pt", ".pth", ".bin"}
@@ -23,10 +23,17 @@ def _write_gguf(*args: Any, **kwargs: Any) -> None:
     gguf_writer.write(*args, **kwargs)
 
 
+def _write_torch(*args: Any, **kwargs: Any) -> None:
+    """The torch checkpoint writer, imported when used (with the pickle machinery)."""
+    from . import torch_zip
+
+    torch_zip.write(*args, **kwargs)
+
+
 WRITERS = {
     ".safetensors": safetensors.write,
     ".gguf": _write_gguf,
-    **dict.fromkeys(TORCH_EXTENSIONS, torch_zip.write),
+    **dict.fromkeys(TORCH_EXTENSIONS, _write_torch),
 }
 
 
@@ -60,9 +67,14 @@ def open_model(path: str | os.PathLike[str]) -> ModelFile:
         if kind == sniff.SAFETENSORS:
             return safetensors.read(path, data)
         if kind == sniff.ZIP:
+            from . import torch_zip  # the pickle machinery, for pickles only
+
             return torch_zip.read(path, data)  # it walks every pickle member, data.pkl once
-        if kind == sniff.PICKLE and torch_legacy.looks_like(prefix):
-            return torch_legacy.read(path, data)
+        if kind == sniff.PICKLE:
+            from . import torch_legacy
+
+            if torch_legacy.looks_like(prefix):
+                return torch_legacy.read(path, data)
         if kind == sniff.PICKLE:
             # torch.load would unpickle it (its first pickle is the legacy magic number): name
             # what it calls, else say what it is.

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..dtypes import DTYPES
 from ..errors import FormatError, UsageError
-from ..execute import Tap, output_chunks
 from ..model import ModelFile, TensorRef
 from ..storage import FileData, FileSpan
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..execute import Tap
     from ..plan import Plan
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
@@ -187,6 +187,8 @@ def write(
     if len(set(names)) != len(names):
         raise FormatError("the plan has duplicate tensor names")
     out.write(header_bytes(plan))
+    from ..execute import output_chunks  # writing only: identifying needs no threads
+
     for chunk in output_chunks(plan, chunk_bytes, taps=taps):
         raw = chunk.view("uint8")
         if not _all_zero(raw):

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import struct
-import tarfile
-import zipfile
 from typing import Any
 
 from ..errors import FormatError
 from ..storage import FileData
-from . import pickle_scan, safetensors, torch_zip, unpickler
-from .torch_common import MAX_PICKLE_BYTES
+from . import safetensors
+
+# The pickle, zip and tar modules are imported where a file is one: telling a safetensors
+# file from them must not cost their import (issue #22: identifying starts in milliseconds).
 
 SAFETENSORS, ZIP, TAR, PICKLE = "safetensors", "zip", "tar", "pickle"
 GGUF = "gguf"  # told by its magic alone (formats/gguf.py); listed here for polyglots
@@ -39,20 +39,48 @@ def is_safetensors(prefix: bytes, size: int) -> bool:
     return safetensors.looks_like(prefix) and 8 + struct.unpack("<Q", prefix[:8])[0] <= size
 
 
+TAR_BLOCK = 512
+# Every pickle opcode (pickletools.opcodes; a test keeps the two the same).
+PICKLE_OPCODES = frozenset(
+    b"().012BCFGIJKLMNPQRSTUVX]abcdeghijlopqrstu}\x80\x81\x82\x83\x84\x85\x86\x87\x88"
+    b"\x89\x8a\x8b\x8c\x8d\x8e\x8f\x90\x91\x92\x93\x94\x95\x96\x97\x98"
+)
+
+
 def is_tar(prefix: bytes) -> bool:
     """A tar header block at 0 with a valid checksum, as tarfile (and so torch) accepts it."""
-    if len(prefix) < tarfile.BLOCKSIZE:
+    if len(prefix) < TAR_BLOCK or not _may_be_tar(prefix[:TAR_BLOCK]):
         return False
+    import tarfile
+
     try:
-        tarfile.TarInfo.frombuf(prefix[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+        tarfile.TarInfo.frombuf(prefix[:TAR_BLOCK], "utf-8", "surrogateescape")
     except (tarfile.HeaderError, ValueError, struct.error):
         return False
     return True
 
 
+def _may_be_tar(block: bytes) -> bool:
+    """False where tarfile would refuse the block for its checksum (nearly every file that is
+    not a tar), without importing tarfile: the octal checksum at 148 must be the sum of the
+    block's bytes, the checksum field counted as spaces (unsigned, or signed as old tars)."""
+    field = block[148:156]
+    if field[:1] in (b"\x80", b"\xff"):
+        return True  # base-256: tarfile decides
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        stored = int(digits or b"0", 8)
+    except ValueError:
+        return False
+    body = block[:148] + b" " * 8 + block[156:]
+    unsigned = sum(body)
+    signed = unsigned - 256 * sum(1 for byte in body if byte > 127)
+    return stored in (unsigned, signed)
+
+
 def is_pickle(prefix: bytes) -> bool:
     """Whether torch.load's legacy path would hand the bytes to pickle: any opcode at 0."""
-    return bool(prefix) and pickle_scan.is_opcode(prefix[0])
+    return bool(prefix) and prefix[0] in PICKLE_OPCODES
 
 
 def formats_of(prefix: bytes, size: int) -> list[str]:
@@ -62,7 +90,7 @@ def formats_of(prefix: bytes, size: int) -> list[str]:
         for kind, test in (
             (SAFETENSORS, lambda: is_safetensors(prefix, size)),
             # torch.load's own test (serialization._is_zipfile), as torch_zip's: PK at 0.
-            (ZIP, lambda: torch_zip.looks_like(prefix)),
+            (ZIP, lambda: prefix.startswith(ZIP_MAGIC)),
             (TAR, lambda: is_tar(prefix)),
         )
         if test()
@@ -72,6 +100,9 @@ def formats_of(prefix: bytes, size: int) -> list[str]:
     if (is_pickle(prefix) and not found) or (TAR in found and is_pickle(prefix)):
         found.append(PICKLE)
     return found
+
+
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def scan_pickles(kind: str, data: FileData, name: str) -> bool:
@@ -90,6 +121,9 @@ def scan_pickles(kind: str, data: FileData, name: str) -> bool:
 def _scan_pickle_run(buffer: Any, start: int, end: int, name: str) -> bool:
     """Pickles one after another (a legacy torch file's first parts), while they parse;
     whether there was at least one."""
+    from . import unpickler
+    from .torch_common import MAX_PICKLE_BYTES
+
     end = min(end, start + MAX_PICKLE_BYTES)
     for count in range(8):
         position = unpickler.danger_scan(buffer, start, end, name)
@@ -100,6 +134,11 @@ def _scan_pickle_run(buffer: Any, start: int, end: int, name: str) -> bool:
 
 
 def _scan_zip(data: FileData, name: str) -> None:
+    import zipfile
+
+    from . import unpickler
+    from .torch_common import MAX_PICKLE_BYTES
+
     try:
         archive = zipfile.ZipFile(data.path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
@@ -118,6 +157,11 @@ def _scan_zip(data: FileData, name: str) -> None:
 
 def _scan_tar(data: FileData, name: str) -> None:
     """torch's tar format: the members `torch.load` unpickles, in its layout."""
+    import tarfile
+
+    from . import unpickler
+    from .torch_common import MAX_PICKLE_BYTES
+
     try:
         archive = tarfile.open(fileobj=open(data.path, "rb"), mode="r:")  # noqa: SIM115
     except (tarfile.TarError, OSError, ValueError, EOFError):
@@ -140,6 +184,8 @@ def _scan_tar_storages(raw: bytes, name: str) -> None:
     """`storages`: a count, then per storage a pickle (key, location, storage type) followed
     by an 8-byte element count and the raw elements, then a pickle of the views. Each pickle
     goes through unpickler.load, which walks it (naming any danger) before it unpickles it."""
+    from . import unpickler
+
     try:
         count, position = unpickler.load(raw, 0, len(raw), name)
         if not isinstance(count, int) or isinstance(count, bool):
@@ -160,7 +206,7 @@ def _scan_tar_storages(raw: bytes, name: str) -> None:
 def refuse_trailing(buffer: Any, start: int, end: int, name: str) -> None:
     """Bytes after the end of what the format describes: named if they are a pickle that
     calls something forbidden, refused in any case."""
-    if pickle_scan.is_opcode(buffer[start]):
+    if buffer[start] in PICKLE_OPCODES:
         _scan_pickle_run(buffer, start, end, name)
     raise FormatError(f"{name} has {end - start} bytes of trailing data after its last part")
 
