@@ -9,6 +9,7 @@ import os
 import signal
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -405,6 +406,21 @@ def test_compute_hashes_in_process(three_mib_safetensors):
     assert result.values["blake3"] == blake3.blake3(data).hexdigest()
     with pytest.raises(mtk_errors.UsageError, match="unknown hash 'md5'"):
         compute_hashes(three_mib_safetensors, ("md5",))
+
+
+@pytest.mark.parametrize("zlib_ng_installed", [True, False])
+def test_crc32_is_zlibs_with_zlib_ng_or_without(
+    three_mib_safetensors, monkeypatch, zlib_ng_installed
+):
+    from model_toolkit.hashes import compute_hashes
+
+    if not zlib_ng_installed:
+        monkeypatch.setitem(sys.modules, "zlib_ng", None)  # import fails: zlib's own
+    else:
+        pytest.importorskip("zlib_ng")
+    data = three_mib_safetensors.read_bytes()
+    values = compute_hashes(three_mib_safetensors, ("crc32",)).values
+    assert values == {"crc32": f"{zlib.crc32(data):08x}"}
 
 
 def test_edit_metadata_is_an_operation(three_mib_safetensors, tmp_path):

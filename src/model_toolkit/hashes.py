@@ -50,12 +50,23 @@ def safetensors_data_offset(path: Path) -> int | None:
     return 8 + length if 8 + length <= size else None
 
 
+def _crc32_function() -> Callable[[bytes | memoryview, int], int]:
+    """zlib-ng's CRC-32 where it is installed (`pip install zlib-ng`: 20+ GB/s with the CPU's
+    carry-less multiply, against 3-4 GB/s for the zlib Python is built with); the same value."""
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        return zlib.crc32
+    return zlib_ng.crc32  # type: ignore[no-any-return]
+
+
 class _Crc32:
     def __init__(self) -> None:
         self.value = 0
+        self._crc32 = _crc32_function()
 
     def update(self, data: bytes | memoryview) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = self._crc32(data, self.value)
 
     def hexdigest(self) -> str:
         return f"{self.value:08x}"
