@@ -269,6 +269,23 @@ def test_scan_finds_exactly_the_planted_duplicates(library, tmp_path):
     assert [d["by"] for d in hashed["duplicates"]] == ["sha256"]
 
 
+def test_a_header_only_scan_says_what_headers_say_and_a_full_scan_redoes_it(library, tmp_path):
+    db = tmp_path / "index.sqlite"
+    quick = json.loads(mtk("scan", library, "--db", db, "--json", "--header-only").stdout)
+    statuses = {os.path.relpath(p, library): r["status"] for p, r in quick["files"].items()}
+    assert statuses["evil.ckpt"] == "unsafe" and statuses["vae/unknown.safetensors"] == "unknown"
+    assert "posix.system" in quick["files"][str(library / "evil.ckpt")]["error"]
+    m1 = quick["files"][str(library / "checkpoints" / "m1.safetensors")]
+    assert (m1["architecture"], m1["precision"], m1["header_only"]) == ("SD-v1", "F32", True)
+    assert "fingerprints" not in m1 and "known" not in m1
+    assert quick["shared_components"] == [] and quick["duplicates"] == []
+    full = json.loads(mtk("scan", library, "--db", db, "--json").stdout)
+    assert full["from_index"] == 0  # header-only records do not serve a full scan
+    assert full["shared_components"]
+    again = json.loads(mtk("scan", library, "--db", db, "--json", "--header-only").stdout)
+    assert (again["from_index"], again["scanned"]) == (7, 0)  # full records serve it too
+
+
 def test_scan_names_known_components(tmp_path):
     """A VAE whose metric is SD-v1's (0): named in the shared-component report."""
     vae = keylists.load("VAE-v1-SD")
@@ -307,14 +324,14 @@ def test_an_interrupted_scan_resumes(library, tmp_path):
     assert [r["status"] for r in result.files.values()] == ["unsafe", "unknown", "ok"]
 
 
-def crashing_reader(path_text, with_hashes):
+def crashing_reader(path_text, with_hashes, header_only=False):
     """The real scan_file, but it dies on a-crash*, hangs on b-hang* (in a forked worker)."""
     name = Path(path_text).name
     if "crash" in name:
         os.kill(os.getpid(), signal.SIGSEGV)
     if "hang" in name:
         time.sleep(600)
-    return REAL_SCAN_FILE(path_text, with_hashes)
+    return REAL_SCAN_FILE(path_text, with_hashes, header_only)
 
 
 @pytest.mark.skipif(

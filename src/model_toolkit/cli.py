@@ -704,6 +704,13 @@ def scan(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel files (default: cores).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    header_only: Annotated[
+        bool,
+        typer.Option(
+            "--header-only",
+            help="Read headers only: no weight fingerprints or known components (fastest).",
+        ),
+    ] = False,
 ) -> None:
     """Identify every model file in a collection; find duplicates and what can be reclaimed."""
     from .library import Library, default_db, summary_counts
@@ -719,9 +726,9 @@ def scan(
                 def show(done: int, total: int, name: str) -> None:
                     bar.update(task, completed=done, total=total, description=name[:40])
 
-                result = library.scan(folders, hashes, workers, show)
+                result = library.scan(folders, hashes, workers, show, header_only)
         else:
-            result = library.scan(folders, hashes, workers)
+            result = library.scan(folders, hashes, workers, header_only=header_only)
     finally:
         library.close()
     if as_json:

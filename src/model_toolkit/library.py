@@ -55,8 +55,10 @@ def find_model_files(folders: Iterable[Path]) -> list[Path]:
     return list(found)
 
 
-def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
+def scan_file(path_text: str, with_hashes: bool, header_only: bool = False) -> dict[str, Any]:
     """One file's record: identification, sizes, component fingerprints, optionally hashes.
+    With `header_only`, no fingerprints or known components (they read the weights): what the
+    header says, and the pickle safety verdict (walked, never run), in kilobytes read.
     Runs in a worker process; never raises for a bad file (the record says what is wrong)."""
     from .analysis import analyze
     from .architectures.locate import find_component
@@ -70,6 +72,8 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
 
     path = Path(path_text)
     record: dict[str, Any] = {"status": "ok"}
+    if header_only:
+        record["header_only"] = True
     try:
         with open_model(path) as model:
             analysis = analyze(model)
@@ -87,6 +91,8 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
                 record["status"] = "unknown"
             elif load_registry().architectures[analysis.architecture].partial:
                 record["status"] = "broken"
+            if header_only:
+                raise _HeaderRead
             entries = entries_of(model)
             fingerprints = {}
             for cls in analysis.components:
@@ -101,6 +107,8 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
             # part is skipped, as no UNET is known by name.
             metric = compute_metric(analysis, frozenset({"vae", "clip"}))
             record["known"] = known_components(metric)
+    except _HeaderRead:
+        pass
     except UnsafeFileError as exc:
         record.update(status="unsafe", error=str(exc))
     except ModelToolkitError as exc:
@@ -117,6 +125,10 @@ def scan_file(path_text: str, with_hashes: bool) -> dict[str, Any]:
     return record
 
 
+class _HeaderRead(Exception):
+    """A header-only record is complete: leave the file before its weights are read."""
+
+
 def file_timeout(size: int) -> float:
     """How long one file may take in a worker: a minute, plus reading it at 20 MB/s."""
     return 60.0 + size / 20e6
@@ -128,7 +140,12 @@ def file_memory(size: int) -> int:
 
 
 def scan_isolated(
-    pool: WorkerPool, path: Path, size: int, with_hashes: bool, timeout: Callable[[int], float]
+    pool: WorkerPool,
+    path: Path,
+    size: int,
+    with_hashes: bool,
+    timeout: Callable[[int], float],
+    header_only: bool = False,
 ) -> dict[str, Any]:
     """scan_file in a worker of `pool`: a crash or time-out is the file's record, not ours."""
     try:
@@ -136,6 +153,7 @@ def scan_isolated(
             scan_file,
             str(path),
             with_hashes,
+            header_only,
             timeout=timeout(size),
             memory=file_memory(size),
         )
@@ -181,13 +199,20 @@ class Library:
     def close(self) -> None:
         self.connection.close()
 
-    def cached(self, path: Path, size: int, mtime_ns: int, hashes: bool) -> dict[str, Any] | None:
+    def cached(
+        self, path: Path, size: int, mtime_ns: int, hashes: bool, header_only: bool = False
+    ) -> dict[str, Any] | None:
+        """The stored record of an unchanged file, if it has what is asked for (hashes;
+        fingerprints, unless a header-only scan is asked for)."""
         row = self.connection.execute(
             "SELECT size, mtime_ns, hashes, record FROM files WHERE path = ?", (str(path),)
         ).fetchone()
         if row is None or (row[0], row[1]) != (size, mtime_ns) or (hashes and not row[2]):
             return None
-        return json.loads(row[3])
+        record: dict[str, Any] = json.loads(row[3])
+        if record.get("header_only") and not header_only:
+            return None
+        return record
 
     def store(self, path: Path, size: int, mtime_ns: int, record: dict[str, Any]) -> None:
         self.connection.execute(
@@ -202,6 +227,7 @@ class Library:
         with_hashes: bool = False,
         workers: int | None = None,
         progress: Progress | None = None,
+        header_only: bool = False,
     ) -> ScanResult:
         paths = find_model_files(folders)
         files: dict[str, dict[str, Any]] = {}
@@ -212,7 +238,7 @@ class Library:
             except OSError:  # gone (or a dangling link) since it was listed
                 paths.remove(path)
                 continue
-            record = self.cached(path, stat.st_size, stat.st_mtime_ns, with_hashes)
+            record = self.cached(path, stat.st_size, stat.st_mtime_ns, with_hashes, header_only)
             if record is None:
                 todo.append((path, stat))
             else:
@@ -238,7 +264,13 @@ class Library:
             ):
                 futures = {
                     threads.submit(
-                        scan_isolated, pool, path, stat.st_size, with_hashes, self.file_timeout
+                        scan_isolated,
+                        pool,
+                        path,
+                        stat.st_size,
+                        with_hashes,
+                        self.file_timeout,
+                        header_only,
                     ): (path, stat)
                     for path, stat in todo
                 }
