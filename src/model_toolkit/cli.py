@@ -25,7 +25,6 @@ from .errors import (
 from .filenames import free_name, output_stem, output_suffix, stem_of
 from .formats import open_model
 from .text import printable
-from .version import __version__
 
 if TYPE_CHECKING:
     from .autoprune import Outcome
@@ -47,7 +46,7 @@ PROGRESS_MIN_BYTES = 256 * 1024 * 1024  # smaller writes finish before a bar wou
 
 def _version(value: bool) -> None:
     if value:
-        echo(f"mtk {__version__}")
+        quick.version()
         raise typer.Exit()
 
 

@@ -14,23 +14,33 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-# command -> (its flags, its options that take a value, with their defaults)
-_INSPECT_FLAGS = {"--json": "as_json", "--advanced": "advanced", "--no-metric": "no_metric"}
-_INSPECT_FLAGS["--fix-clip"] = "fix_clip"
-_INSPECT_OPTIONS = {"--precision": "precision"}
-_KEYS_FLAGS = {"--json": "as_json"}
+# command -> (its flags, its options that take a value), each -> the function's parameter;
+# what cli.py declares for typer, in the spellings the quick path takes.
+_FORMS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "inspect": (
+        {
+            "--json": "as_json",
+            "--advanced": "advanced",
+            "--no-metric": "no_metric",
+            "--fix-clip": "fix_clip",
+        },
+        {"--precision": "precision"},
+    ),
+    "keys": ({"--json": "as_json"}, {}),
+}
 
 
 def quick_command(args: list[str]) -> Callable[[], None] | None:
     """The command these arguments run, if they are a form the quick path knows (one file
     and known options, each once); None sends them to the full command line."""
     if args == ["--version"]:
-        return _print_version
-    if not args or args[0] not in ("inspect", "keys"):
+        from . import quick
+
+        return quick.version
+    if not args or args[0] not in _FORMS:
         return None
     name, rest = args[0], args[1:]
-    flags = _INSPECT_FLAGS if name == "inspect" else _KEYS_FLAGS
-    options = _INSPECT_OPTIONS if name == "inspect" else {}
+    flags, options = _FORMS[name]
     chosen: dict[str, object] = {}
     files: list[str] = []
     position = 0
@@ -57,13 +67,6 @@ def quick_command(args: list[str]) -> Callable[[], None] | None:
 
     function = quick.inspect if name == "inspect" else quick.keys
     return lambda: function(Path(files[0]), **chosen)  # type: ignore[arg-type]
-
-
-def _print_version() -> None:
-    from .console import echo
-    from .version import __version__
-
-    echo(f"mtk {__version__}")
 
 
 def main() -> None:

@@ -15,11 +15,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelToolkitError, UnsafeFileError
 from .filenames import walk_model_files
 from .isolated import GIB, IsolatedError, WorkerPool
+
+if TYPE_CHECKING:
+    from .analysis import Analysis
+    from .model import ModelFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -61,14 +65,10 @@ def scan_file(path_text: str, with_hashes: bool, header_only: bool = False) -> d
     header says, and the pickle safety verdict (walked, never run), in kilobytes read.
     Runs in a worker process; never raises for a bad file (the record says what is wrong)."""
     from .analysis import analyze
-    from .architectures.locate import find_component
     from .architectures.registry import load_registry
     from .dtypes import dominant_float
-    from .fingerprints import content_fingerprint
     from .formats import open_model
     from .hashes import compute_hashes
-    from .metric import compute_metric, known_components
-    from .operations.common import component_entries, entries_of
 
     path = Path(path_text)
     record: dict[str, Any] = {"status": "ok"}
@@ -91,24 +91,8 @@ def scan_file(path_text: str, with_hashes: bool, header_only: bool = False) -> d
                 record["status"] = "unknown"
             elif load_registry().architectures[analysis.architecture].partial:
                 record["status"] = "broken"
-            if header_only:
-                raise _HeaderRead
-            entries = entries_of(model)
-            fingerprints = {}
-            for cls in analysis.components:
-                found = find_component(analysis.detection, cls, None, path.name)
-                pairs = [
-                    (key, analysis.valued(e))
-                    for key, e in component_entries(found, analysis, entries)
-                ]
-                fingerprints[cls] = [found.component.name, content_fingerprint(pairs)]
-            record["fingerprints"] = fingerprints
-            # The original toolkit's metric names known VAEs and CLIPs ("NAI VAE"); the UNET
-            # part is skipped, as no UNET is known by name.
-            metric = compute_metric(analysis, frozenset({"vae", "clip"}))
-            record["known"] = known_components(metric)
-    except _HeaderRead:
-        pass
+            if not header_only:
+                record.update(_weight_facts(model, analysis, path.name))
     except UnsafeFileError as exc:
         record.update(status="unsafe", error=str(exc))
     except ModelToolkitError as exc:
@@ -125,8 +109,25 @@ def scan_file(path_text: str, with_hashes: bool, header_only: bool = False) -> d
     return record
 
 
-class _HeaderRead(Exception):
-    """A header-only record is complete: leave the file before its weights are read."""
+def _weight_facts(model: ModelFile, analysis: Analysis, name: str) -> dict[str, Any]:
+    """What a record says from the weights: each component's content fingerprint, and the
+    known VAEs and CLIPs by the original toolkit's metric (the UNET part is skipped, as no
+    UNET is known by name)."""
+    from .architectures.locate import find_component
+    from .fingerprints import content_fingerprint
+    from .metric import compute_metric, known_components
+    from .operations.common import component_entries, entries_of
+
+    entries = entries_of(model)
+    fingerprints = {}
+    for cls in analysis.components:
+        found = find_component(analysis.detection, cls, None, name)
+        pairs = [
+            (key, analysis.valued(e)) for key, e in component_entries(found, analysis, entries)
+        ]
+        fingerprints[cls] = [found.component.name, content_fingerprint(pairs)]
+    metric = compute_metric(analysis, frozenset({"vae", "clip"}))
+    return {"fingerprints": fingerprints, "known": known_components(metric)}
 
 
 def file_timeout(size: int) -> float:

@@ -12,6 +12,12 @@ from .console import echo, human
 from .dtypes import precision_dtype
 from .formats import open_model
 from .text import printable
+from .version import __version__
+
+
+def version() -> None:
+    """`mtk --version`."""
+    echo(f"mtk {__version__}")
 
 
 def inspect(

@@ -30,7 +30,8 @@ class Rejection:
 
     @cached_property
     def missing(self) -> list[str]:
-        """ "key [shape]" (shape mismatches say what was found), or class names."""
+        """Each missing key as `key [shape]` (a shape mismatch says what was found), or the
+        missing class names."""
         if self.classes:
             return list(self.classes)
         return describe_missing(self.missing_keys, self.shapes)

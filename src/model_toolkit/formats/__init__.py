@@ -71,11 +71,10 @@ def open_model(path: str | os.PathLike[str]) -> ModelFile:
 
             return torch_zip.read(path, data)  # it walks every pickle member, data.pkl once
         if kind == sniff.PICKLE:
-            from . import torch_legacy
+            from . import torch_legacy  # the pickle machinery, for pickles only
 
             if torch_legacy.looks_like(prefix):
                 return torch_legacy.read(path, data)
-        if kind == sniff.PICKLE:
             # torch.load would unpickle it (its first pickle is the legacy magic number): name
             # what it calls, else say what it is.
             if sniff.scan_pickles(kind, data, path.name):

@@ -135,11 +135,6 @@ def _op_table() -> list[tuple[str, int, int, int, int, bool] | None]:
 _OPS = _op_table()
 
 
-def is_opcode(byte: int) -> bool:
-    """Whether a pickle could start (or go on) with this byte."""
-    return _OPS[byte] is not None
-
-
 _NAME_LIMIT = 1000  # longer module or attribute names are not names a real pickle uses
 _DATA_KEPT = 4 * _NAME_LIMIT  # arguments longer than this are skipped, never copied
 

@@ -89,7 +89,7 @@ def formats_of(prefix: bytes, size: int) -> list[str]:
         kind
         for kind, test in (
             (SAFETENSORS, lambda: is_safetensors(prefix, size)),
-            # torch.load's own test (serialization._is_zipfile), as torch_zip's: PK at 0.
+            # torch.load's own test (serialization._is_zipfile): PK at 0.
             (ZIP, lambda: prefix.startswith(ZIP_MAGIC)),
             (TAR, lambda: is_tar(prefix)),
         )

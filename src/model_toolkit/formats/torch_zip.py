@@ -41,10 +41,6 @@ _SUPPORTED_COMPRESSION = {
 }
 
 
-def looks_like(prefix: bytes) -> bool:
-    return prefix.startswith(b"PK\x03\x04")
-
-
 def _data_pickles(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return [
         info
